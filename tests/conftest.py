@@ -1,0 +1,41 @@
+"""Shared fixtures: the *real* configs from conf/, composed with overrides that shrink the run
+to seconds on a CPU (tiny backbone, few frames and steps). Tests never download anything."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from vader.config import build_trainer, register_configs
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Small enough for seconds per run, big enough to exercise guidance, several steps and frames.
+TINY = ["num_frames=4", "height=16", "width=16", "num_inference_steps=3", "num_val_seeds=1",
+        "val_batch_size=4", "num_steps=2", "checkpoint_every=2", "val_every=100",
+        "run_name=test", "lr=1e-2", "video_format=gif"]
+
+register_configs()
+
+
+def compose_cfg(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[*TINY, *overrides])
+
+
+@pytest.fixture
+def make_trainer(tmp_path):
+    """make_trainer(*overrides, run_dir=None) -> a RewardTrainer built like train.py builds it."""
+    def make(*overrides: str, run_dir: Path | None = None):
+        import accelerate.utils
+        cfg = compose_cfg(*overrides)
+        accelerate.utils.set_seed(cfg.seed)
+        return build_trainer(cfg, str(run_dir or tmp_path / "run"))
+    return make

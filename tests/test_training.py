@@ -1,0 +1,122 @@
+"""Training end to end in-process: only LoRA changes, resume is exact, only_val reproduces the
+final evaluation, and the default job improves the held-out reward."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+
+def test_only_lora_weights_change(make_trainer):
+    trainer = make_trainer()
+    frozen = trainer.backbone.frozen_state_dict()
+    lora = trainer.backbone.lora_state_dict()
+    trainer.setup()
+    trainer.train()
+    after = trainer.backbone.frozen_state_dict()
+    assert frozen.keys() == after.keys() and len(frozen) > 100
+    for k in frozen:
+        assert torch.equal(frozen[k], after[k]), f"frozen weight {k} changed"
+    new_lora = trainer.backbone.lora_state_dict()
+    changed = [k for k in lora if not torch.equal(lora[k], new_lora[k])]
+    assert len(changed) == len(lora), f"only {len(changed)}/{len(lora)} LoRA tensors changed"
+
+
+def test_outputs_written(make_trainer, tmp_path):
+    trainer = make_trainer()
+    trainer.setup()
+    result = trainer.train()
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_000002"
+    saved = load_file(run / "checkpoints" / "step_000002" / "pytorch_lora_weights.safetensors")
+    current = trainer.backbone.lora_state_dict()
+    assert saved.keys() == current.keys()
+    assert all(torch.equal(saved[k], current[k]) for k in saved)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in lines if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2]
+    for key in ("loss", "reward", "grad_norm", "lr", "seconds"):
+        assert all(isinstance(r[key], float) for r in train), key
+    assert len(list((run / "eval" / "step_000002").glob("*.gif"))) == 4  # 4 prompts x 1 seed
+    assert (run / "rewards.png").stat().st_size > 0
+    assert result["step"] == 2 and result["after"] == pytest.approx(
+        json.loads((run / "eval" / "step_000002" / "rewards.json").read_text())["mean_reward"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("mode", ["last", "rand"])
+def test_resume_matches_uninterrupted(make_trainer, tmp_path, monkeypatch, mode):
+    """Interrupt after N steps, resume to 2N: the same LoRA as one uninterrupted 2N-step run."""
+    args = ("num_steps=4", "checkpoint_every=2", f"backprop_mode={mode}",
+            "gradient_accumulation_steps=2", "train_batch_size=2")
+    straight = make_trainer(*args, run_dir=tmp_path / "straight")
+    straight.setup()
+    straight.train()
+    expected = straight.backbone.lora_state_dict()
+
+    interrupted = make_trainer(*args, run_dir=tmp_path / "resumed")
+    interrupted.setup()
+    real_step = type(interrupted).train_step
+
+    def dying_step(self):
+        if self.step == 3:  # step 2's checkpoint is written; die midway through the next one
+            raise Interrupt
+        return real_step(self)
+
+    monkeypatch.setattr(type(interrupted), "train_step", dying_step)
+    with pytest.raises(Interrupt):
+        interrupted.train()
+    monkeypatch.undo()
+
+    resumed = make_trainer(*args, run_dir=tmp_path / "resumed")  # fresh process state
+    resumed.setup()
+    assert resumed.step == 2
+    resumed.train()
+    got = resumed.backbone.lora_state_dict()
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.equal(got[k], interrupted.backbone.lora_state_dict()[k]) for k in got)
+
+
+def test_only_val_reproduces_final_evaluation(make_trainer, tmp_path):
+    trainer = make_trainer()
+    trainer.setup()
+    trainer.train()
+    final = json.loads((tmp_path / "run" / "eval" / "step_000002" / "rewards.json").read_text())
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000002"
+    evaluator = make_trainer("only_val=true", f"lora_path={ckpt}", run_dir=tmp_path / "eval")
+    evaluator.setup()
+    summary = evaluator.only_val()
+    assert [(i["prompt"], i["seed"]) for i in summary["items"]] == \
+        [(i["prompt"], i["seed"]) for i in final["items"]]
+    for a, b in zip(summary["items"], final["items"]):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
+    written = json.loads((tmp_path / "eval" / "only_val" / "step_000002" / "rewards.json").read_text())
+    assert written["mean_reward"] == pytest.approx(final["mean_reward"], abs=1e-6)
+    # and the base model, with LoRA weights absent, scores differently: the LoRA was really loaded
+    base = make_trainer("only_val=true", run_dir=tmp_path / "base")
+    base.setup()
+    assert base.only_val()["mean_reward"] != pytest.approx(final["mean_reward"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_default_job_improves_held_out_reward(tmp_path):
+    """The README's main job, unchanged except for where it writes."""
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+        capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = float(proc.stdout.split("held-out reward before training:")[1].split()[0])
+    after = float(proc.stdout.split("held-out reward after training:")[1].split()[0])
+    assert after > before + 0.01, (before, after)
+    assert (tmp_path / "checkpoints" / "step_000040" / "pytorch_lora_weights.safetensors").is_file()
+    assert len(list((tmp_path / "eval" / "step_000040").glob("*.mp4"))) == 8

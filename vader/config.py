@@ -1,0 +1,128 @@
+"""The config schema: a typed top level (so `lrr=1` or `lr=abc` fails while composing) and a
+check of every `_target_` node against its target's signature (so `reward_fn.gard_scale=0.1`
+fails right after composing, naming the key, before any model is built).
+
+Group options stay one YAML + one Python module: their schema *is* the target's signature, and
+`check_targets` reads it without importing anything heavy the target builds.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+@dataclass
+class LossConfig:
+    target: float | None = None   # None: maximise the reward; a number: minimise |reward - target|
+    grad_scale: float = 1.0       # multiplies the loss (VADER's reward scaling)
+
+
+@dataclass
+class TrainConfig:
+    backbone: Any = MISSING
+    reward_fn: Any = MISSING
+    prompt_fn: Any = MISSING
+    loss: LossConfig = field(default_factory=LossConfig)
+    seed: int = 0
+    num_steps: int = 40
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: float | None = None
+    lora_target_modules: list[str] | None = None
+    num_frames: int = 8
+    height: int = 32
+    width: int = 32
+    num_inference_steps: int = 10
+    guidance_scale: float = 7.5
+    eta: float = 0.0
+    backprop_mode: str = "last"
+    backprop_steps: int = 1
+    backprop_step: int | None = None
+    gradient_checkpointing: bool = True
+    mixed_precision: str = "no"
+    val_every: int = 20
+    val_batch_size: int = 2
+    num_val_seeds: int = 2
+    val_seed: int = 1234
+    checkpoint_every: int = 20
+    resume: bool = True
+    only_val: bool = False
+    lora_path: str | None = None
+    logger: str = "none"
+    video_format: str = "mp4"
+    fps: int = 8
+    run_name: str = MISSING
+
+
+def register_configs() -> None:
+    """Called once by train.py (and by tests) before Hydra composes."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("vader_run_name"):
+        # The run directory comes from the overrides, never from a clock: every process of an
+        # `accelerate launch` resolves it on its own and they must agree.
+        OmegaConf.register_new_resolver(
+            "vader_run_name", lambda overrides: overrides.replace("/", "_") or "default")
+
+
+def _target_params(target: str) -> tuple[dict[str, inspect.Parameter], bool]:
+    module_name, _, attr = target.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"_target_ {target!r} cannot be imported: {err}") from err
+    params = inspect.signature(obj).parameters
+    has_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {k: p for k, p in params.items() if p.kind is not p.VAR_KEYWORD}, has_kwargs
+
+
+def check_targets(cfg: DictConfig | ListConfig, path: str = "") -> None:
+    """Raise ValueError naming the first key that the target it is passed to does not take, or
+    a required argument left out. Interpolations are not resolved here."""
+    if cfg._is_none() or cfg._is_missing():
+        return
+    if isinstance(cfg, ListConfig):
+        for i, item in enumerate(cfg):
+            if isinstance(item, (DictConfig, ListConfig)):
+                check_targets(item, f"{path}[{i}]")
+        return
+    if "_target_" in cfg:
+        params, has_kwargs = _target_params(cfg._target_)
+        keys = [k for k in cfg.keys() if not str(k).startswith("_")]
+        for key in keys:
+            if key not in params and not has_kwargs:
+                raise ValueError(
+                    f"unknown key '{path}.{key}' (for {cfg._target_}); valid keys: "
+                    f"{', '.join(sorted(params))}".replace("'.", "'"))
+        for name, p in params.items():
+            if p.default is p.empty and name not in keys and p.kind is not p.VAR_POSITIONAL:
+                raise ValueError(f"'{path}.{name}' is required by {cfg._target_}; set it, e.g. "
+                                 f"{path}.{name}=...".replace("'.", "'"))
+    for key in cfg.keys():
+        node = cfg._get_node(key)
+        if isinstance(node, (DictConfig, ListConfig)):
+            check_targets(node, f"{path}.{key}" if path else str(key))
+
+
+def build_trainer(cfg: DictConfig, run_dir: str):
+    """Check `cfg` completely, then build the objects it names into a RewardTrainer. Every check
+    that needs no model runs before anything is built or written."""
+    from hydra.utils import instantiate
+
+    from vader.trainer import RewardTrainer, check_settings
+
+    check_targets(cfg)
+    settings = OmegaConf.to_object(cfg)
+    check_settings(settings)
+    prompts = instantiate(cfg.prompt_fn)     # cheap, and bad prompt files fail early
+    reward = instantiate(cfg.reward_fn)
+    return RewardTrainer(settings, instantiate(cfg.backbone), reward, prompts, run_dir)

@@ -1,0 +1,68 @@
+"""The two interfaces everything else is written against.
+
+A backbone is whatever turns prompts and noise into video latents and latents into frames; a
+reward scores frames. The sampler and trainers only ever see these operations, never a `unet`
+or a `vae`, so ModelScope, AnimateDiff and later DiT models plug in behind the same code.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A text-to-video diffusion model seen as a few operations.
+
+    Latents are `(B, C, T, h, w)`; decoded frames are `(B, T, C, H, W)` in [0, 1].
+    """
+
+    name: str
+    prediction_type: str  # "epsilon" or "v_prediction": what `predict` returns
+
+    def check_video(self, num_frames: int, height: int, width: int) -> None:
+        """Raise ValueError, saying what sizes would work, if the model cannot make this video."""
+
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """Shape of the initial noise for a video of this size."""
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text conditioning for `predict`; never differentiated."""
+
+    def predict(self, model: nn.Module, latents: torch.Tensor, t: torch.Tensor,
+                cond: torch.Tensor) -> torch.Tensor:
+        """One network evaluation. `model` is the trainable module as the caller wrapped it
+        (DDP under accelerate), so gradients are synchronised across processes."""
+
+    def decode(self, latents: torch.Tensor, frame_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames `(B, T', C, H, W)` in [0, 1], differentiable; only `frame_index` frames."""
+
+    def make_scheduler(self) -> Any:
+        """A fresh diffusers scheduler (schedulers hold per-sampling state)."""
+
+    def trainable_module(self) -> nn.Module:
+        """The module holding the LoRA layers: what the trainer hands to accelerate."""
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """LoRA weights with diffusers/peft key names (`unet.` prefix)."""
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of `lora_state_dict`; raises if keys do not match."""
+
+    def frozen_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every non-LoRA weight, to prove training left them untouched."""
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Scores videos. `frames` says which frames it needs decoded: "all", "random" (one random
+    frame per video) or an int n (every n-th frame). A differentiable reward lets gradients flow
+    from the score back to the frames."""
+
+    frames: str | int
+    differentiable: bool
+
+    def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """frames `(B, T, C, H, W)` in [0, 1] -> rewards `(B,)` and an info dict of floats/tensors."""

@@ -1,0 +1,103 @@
+"""The differentiable sampler, written once for every backbone.
+
+It unrolls a diffusers scheduler with classifier-free guidance. Steps before the *cutoff* run
+under `torch.no_grad()`, so no autograd graph exists for them at all; steps from the cutoff on
+keep gradients (truncated backprop, as in VADER/DRaFT-K), each network call wrapped in
+non-reentrant gradient checkpointing so memory follows K, not the number of steps.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vader.protocols import Backbone
+
+BACKPROP_MODES = ("last", "rand", "specific")
+
+
+def check_backprop(mode: str, num_steps: int, backprop_steps: int, backprop_step: int | None) -> None:
+    """Raise ValueError, saying what to change, for settings no sampler run could honour."""
+    if mode not in BACKPROP_MODES:
+        raise ValueError(f"backprop_mode={mode!r} is not one of {BACKPROP_MODES}")
+    if num_steps < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {num_steps}")
+    if mode == "last" and not 1 <= backprop_steps <= num_steps:
+        raise ValueError(f"backprop_steps={backprop_steps} must be between 1 and "
+                         f"num_inference_steps={num_steps}; lower backprop_steps or raise "
+                         "num_inference_steps")
+    if mode == "specific" and (backprop_step is None or not 0 <= backprop_step < num_steps):
+        raise ValueError(f"backprop_mode=specific needs backprop_step in [0, {num_steps - 1}] "
+                         f"(the step index gradients start from), got {backprop_step}")
+
+
+def cutoff_index(mode: str, num_steps: int, backprop_steps: int = 1,
+                 backprop_step: int | None = None, rng: random.Random | None = None) -> int:
+    """Index of the first denoising step that keeps gradients.
+
+    last: the last `backprop_steps` steps; rand: a cutoff drawn uniformly from all steps (VADER's
+    'rand'), from `rng` so every process draws the same one; specific: `backprop_step`.
+    """
+    check_backprop(mode, num_steps, backprop_steps, backprop_step)
+    if mode == "last":
+        return num_steps - backprop_steps
+    if mode == "rand":
+        return (rng or random).randrange(num_steps)
+    return int(backprop_step)
+
+
+def make_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One generator per video: a video's noise depends on its seed alone, not on how a batch is
+    split across processes or micro-batches, which makes multi-GPU runs match one-GPU runs."""
+    if len(seeds) != shape[0]:
+        raise ValueError(f"need one seed per video: {len(seeds)} seeds for batch {shape[0]}")
+    noise = [torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s)))
+             for s in seeds]
+    return torch.stack(noise).to(device=device, dtype=dtype)
+
+
+def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torch.Tensor, *,
+           num_inference_steps: int, guidance_scale: float = 7.5, cutoff: int | None = None,
+           eta: float = 0.0, step_seeds: list[int] | None = None,
+           gradient_checkpointing: bool = True) -> torch.Tensor:
+    """Denoise `noise` into clean latents. Gradients flow through steps `cutoff..end` when grad
+    mode is on; `cutoff=None` (or grad mode off) samples without any graph."""
+    if len(prompts) != noise.shape[0]:
+        raise ValueError(f"{len(prompts)} prompts for {noise.shape[0]} noise samples")
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    guided = guidance_scale > 1.0
+    cond = backbone.encode_prompts(list(prompts))
+    if guided:
+        cond = torch.cat([backbone.encode_prompts([""] * len(prompts)), cond])
+    cutoff = num_inference_steps if cutoff is None else cutoff
+    latents = noise * scheduler.init_noise_sigma
+
+    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x_in = torch.cat([x, x]) if guided else x
+        x_in = scheduler.scale_model_input(x_in, t)
+        out = backbone.predict(model, x_in, t, cond)
+        if not guided:
+            return out
+        uncond, text = out.chunk(2)
+        return uncond + guidance_scale * (text - uncond)
+
+    for i, t in enumerate(scheduler.timesteps):
+        track = torch.is_grad_enabled() and i >= cutoff
+        with torch.set_grad_enabled(track):
+            if track and gradient_checkpointing:
+                # Only the network call is checkpointed: multistep schedulers mutate their state
+                # in `step`, which a recomputation must not repeat.
+                out = checkpoint(eps, latents, t, use_reentrant=False)
+            else:
+                out = eps(latents, t)
+            kwargs = {}
+            if eta > 0:
+                kwargs = {"eta": eta, "variance_noise": make_noise(
+                    tuple(latents.shape), [s * 1000 + i for s in step_seeds or range(len(prompts))],
+                    latents.device, latents.dtype)}
+            latents = scheduler.step(out, t, latents, **kwargs).prev_sample
+    return latents

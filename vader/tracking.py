@@ -1,0 +1,75 @@
+"""Where metrics go: always a JSON-lines file in the run directory (one line per step), and
+optionally tensorboard or wandb through accelerate's trackers. Only the main process writes."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+LOGGERS = ("none", "tensorboard", "wandb")
+
+
+def check_logger(logger: str) -> None:
+    if logger not in LOGGERS:
+        raise ValueError(f"logger={logger!r}: choose one of {LOGGERS}")
+    needs = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(logger)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise ValueError(f"logger={logger} needs the {needs} package: pip install {needs} "
+                         "(or run with logger=none)")
+
+
+def tracker_kwargs(logger: str, run_dir: Path) -> dict[str, Any]:
+    """Arguments for `Accelerator(...)`. wandb runs offline unless the user set WANDB_MODE, so it
+    needs no account or network; `wandb sync` uploads later."""
+    if logger == "none":
+        return {}
+    if logger == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_DIR", str(run_dir))
+    return {"log_with": logger, "project_dir": str(run_dir)}
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = Path(path), enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_rewards(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """Training reward per step and held-out reward at each evaluation, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["reward"]) for r in records if r.get("split") == "train"]
+    val = [(r["step"], r["val_reward"]) for r in records if r.get("split") == "val"]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train), label="train reward (batch mean)", alpha=0.7)
+    if val:
+        ax.plot(*zip(*val), "o-", label="held-out reward (mean)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reward")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

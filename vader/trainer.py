@@ -1,0 +1,237 @@
+"""Reward-gradient fine-tuning (VADER): sample with the differentiable sampler, decode the frames
+the reward asks for, score them, and backpropagate into the LoRA weights through the last steps.
+
+Everything random in a step (prompt order, noise, cutoff, frame choice) is derived from the seed
+and the step number, so a resumed run continues exactly where an uninterrupted one would be, and
+N processes on a global batch match one process on the same batch.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from vader import checkpoint as ckpt
+from vader.config import TrainConfig
+from vader.evaluation import VideoSpec, evaluate
+from vader.frames import check_frames, select_frames
+from vader.loss import reward_loss
+from vader.prompts import PromptSource
+from vader.protocols import Backbone, Reward
+from vader.sampler import check_backprop, cutoff_index, make_noise, sample
+from vader.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
+from vader.video import SUPPORTED_SUFFIXES
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """Everything about the numbers that can be checked before a model is built."""
+    check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps, cfg.backprop_step)
+    check_logger(cfg.logger)
+    positive = ("num_steps", "train_batch_size", "gradient_accumulation_steps", "val_batch_size",
+                "num_val_seeds", "num_frames", "height", "width", "fps")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if f".{cfg.video_format}" not in SUPPORTED_SUFFIXES:
+        raise ValueError(f"video_format={cfg.video_format!r}: choose one of "
+                         f"{[s[1:] for s in SUPPORTED_SUFFIXES]}")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError(f"mixed_precision={cfg.mixed_precision!r}: choose no, fp16 or bf16")
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("mixed_precision=fp16 needs a GPU; use mixed_precision=bf16 or no on a CPU")
+    if cfg.lora_path is not None:
+        ckpt.resolve_lora_path(cfg.lora_path)  # fails now, not after the models are loaded
+
+
+def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+    # cpu=True when there is no GPU lets `accelerate launch --multi_gpu` run gloo processes on a
+    # CPU, which is how the distributed tests run.
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                       **tracker_kwargs(cfg.logger, run_dir))
+
+
+class RewardTrainer:
+    """setup -> train -> (evaluate, save_checkpoint). Built objects in, files in `run_dir` out."""
+
+    def __init__(self, cfg: TrainConfig, backbone: Backbone, reward: Reward, prompts: PromptSource,
+                 run_dir: Path | str, accelerator: Accelerator | None = None):
+        check_settings(cfg)
+        backbone.check_video(cfg.num_frames, cfg.height, cfg.width)
+        check_frames(reward.frames, cfg.num_frames)
+        if not reward.differentiable and not cfg.only_val:
+            raise ValueError(f"reward {type(reward).__name__} is not differentiable, so reward-"
+                             "gradient training cannot use it; evaluate with only_val=True")
+        self.cfg, self.backbone, self.reward, self.prompts = cfg, backbone, reward, prompts
+        self.run_dir = Path(run_dir)
+        self.accelerator = accelerator or make_accelerator(cfg, self.run_dir)
+        self.is_main = self.accelerator.is_main_process
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
+        self.spec = VideoSpec(cfg.num_frames, cfg.height, cfg.width, cfg.num_inference_steps,
+                              cfg.guidance_scale, cfg.eta)
+        self.step = 0
+
+    # --- setup -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        self.backbone.to(acc.device)
+        if cfg.lora_path is not None:
+            self.backbone.load_lora_state_dict(ckpt.load_lora(cfg.lora_path))
+        module = self.backbone.trainable_module()
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError(f"backbone {self.backbone.name!r} has no trainable (LoRA) parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = max(cfg.lr_warmup_steps, 0)
+        self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        # The sampler calls the module accelerate returns (DDP when several processes run), so
+        # gradients are averaged across processes; calling the bare module would train N LoRAs.
+        self.model, self.optimizer = acc.prepare(module, self.optimizer)
+        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if cfg.resume else None
+        if latest is not None and not cfg.only_val:
+            self._resume(latest)
+        if cfg.logger != "none":
+            acc.init_trackers("vader", config={k: v for k, v in vars(cfg).items()
+                                               if isinstance(v, (int, float, str, bool))})
+
+    def _resume(self, folder: Path) -> None:
+        self.backbone.load_lora_state_dict(ckpt.load_lora(folder))
+        state = ckpt.load_training_state(folder)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.step = state["step"]
+        self.accelerator.print(f"resumed from {folder} at step {self.step}")
+
+    # --- data: a pure function of (seed, step, micro-step, rank) ---------------------------
+    def batch(self, step: int, micro: int) -> tuple[list[str], list[int]]:
+        cfg, acc = self.cfg, self.accelerator
+        per_micro = cfg.train_batch_size * acc.num_processes
+        first = (step * cfg.gradient_accumulation_steps + micro) * per_micro
+        first += acc.process_index * cfg.train_batch_size
+        train = self.prompts.train
+        prompts, seeds = [], []
+        for g in range(first, first + cfg.train_batch_size):
+            epoch, pos = divmod(g, len(train))
+            order = list(range(len(train)))
+            random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
+            prompts.append(train[order[pos]])
+            seeds.append(cfg.seed * 1_000_003 + g)  # distinct from evaluation seeds' range
+        return prompts, seeds
+
+    # --- training --------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        cfg, acc = self.cfg, self.accelerator
+        start = time.perf_counter()
+        losses, rewards, info = [], [], {}
+        grad_norm = float("nan")
+        for micro in range(cfg.gradient_accumulation_steps):
+            rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
+            prompts, seeds = self.batch(self.step, micro)
+            with acc.accumulate(self.model):
+                noise = make_noise(self.backbone.latent_shape(len(prompts), cfg.num_frames,
+                                                              cfg.height, cfg.width),
+                                   seeds, acc.device)
+                cutoff = cutoff_index(cfg.backprop_mode, cfg.num_inference_steps,
+                                      cfg.backprop_steps, cfg.backprop_step, rng)
+                with acc.autocast():
+                    latents = sample(self.backbone, self.model, prompts, noise,
+                                     num_inference_steps=cfg.num_inference_steps,
+                                     guidance_scale=cfg.guidance_scale, cutoff=cutoff,
+                                     eta=cfg.eta, step_seeds=seeds,
+                                     gradient_checkpointing=cfg.gradient_checkpointing)
+                    frames = self.backbone.decode(latents, select_frames(
+                        self.reward.frames, cfg.num_frames, rng))
+                    values, info = self.reward(frames, prompts)
+                    loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                    else:
+                        grad_norm = float(torch.norm(torch.stack(
+                            [p.grad.norm() for p in self.params if p.grad is not None])))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
+            rewards.append(values.detach().float().mean())
+        self.lr_schedule.step()
+        # Averages over all processes, so the log shows the global batch.
+        loss_mean = acc.reduce(torch.stack(losses).mean(), "mean").item()
+        reward_mean = acc.reduce(torch.stack(rewards).mean(), "mean").item()
+        if not math.isfinite(loss_mean):
+            raise FloatingPointError(
+                f"loss became {loss_mean} at step {self.step}; the last checkpoint is intact. "
+                "Lower lr or loss.grad_scale, or keep max_grad_norm > 0")
+        self.step += 1
+        return {"split": "train", "step": self.step, "loss": loss_mean, "reward": reward_mean,
+                "grad_norm": grad_norm, "lr": self.lr_schedule.get_last_lr()[0],
+                "seconds": time.perf_counter() - start,
+                **{f"reward_info/{k}": v for k, v in info.items() if isinstance(v, (int, float))}}
+
+    def evaluate(self, out_dir: Path | None) -> dict:
+        cfg = self.cfg
+        seeds = [cfg.val_seed + i for i in range(cfg.num_val_seeds)]
+        model = self.accelerator.unwrap_model(self.model)
+        return evaluate(self.backbone, model, self.reward, self.prompts.val, seeds, self.spec,
+                        self.accelerator, cfg.val_batch_size, out_dir, cfg.video_format, cfg.fps)
+
+    def _evaluate_and_log(self) -> dict:
+        name = ckpt.step_dir_name(self.step)
+        summary = self.evaluate(self.run_dir / "eval" / name)
+        record = {"split": "val", "step": self.step, "val_reward": summary["mean_reward"]}
+        self.metrics.write(record)
+        self.accelerator.log({"val/reward": summary["mean_reward"]}, step=self.step)
+        return summary
+
+    def save_checkpoint(self) -> Path | None:
+        self.accelerator.wait_for_everyone()
+        folder = None
+        if self.is_main:
+            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                     "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
+                     "torch_rng": torch.get_rng_state()}
+            folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
+                                          self.backbone.lora_state_dict(), state)
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def train(self) -> dict:
+        """Evaluate, train to `num_steps` (checkpointing and evaluating on the way), evaluate.
+        Returns {"before": mean held-out reward at the start of this run, "after": at the end}."""
+        cfg, acc = self.cfg, self.accelerator
+        before = self._evaluate_and_log()["mean_reward"] if self.step < cfg.num_steps else None
+        bar = tqdm(total=cfg.num_steps, initial=self.step, disable=not self.is_main,
+                   desc="training", dynamic_ncols=True)
+        while self.step < cfg.num_steps:
+            record = self.train_step()
+            self.metrics.write(record)
+            acc.log({k: v for k, v in record.items() if k not in ("split", "step")}, step=self.step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", reward=f"{record['reward']:.4f}")
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps:
+                self.save_checkpoint()
+            if self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
+                self._evaluate_and_log()
+        bar.close()
+        after = self._evaluate_and_log()["mean_reward"]
+        if self.is_main:
+            plot_rewards(self.metrics.read(), self.run_dir / "rewards.png")
+            if before is not None:
+                print(f"held-out reward before training: {before:.4f}")
+            print(f"held-out reward after training:  {after:.4f}")
+        acc.end_training()
+        return {"before": before, "after": after, "step": self.step}
+
+    def only_val(self) -> dict:
+        """Evaluate the LoRA at `lora_path` (or the base model) and write it under only_val/."""
+        name = Path(self.cfg.lora_path).name if self.cfg.lora_path else "base"
+        summary = self.evaluate(self.run_dir / "only_val" / name)
+        if self.is_main:
+            print(f"held-out reward ({name}): {summary['mean_reward']:.4f}")
+        return summary
