@@ -32,7 +32,7 @@ class TrainConfig:
     num_steps: int = 40
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    lr: float = 1e-3
+    lr: float = 5e-3
     weight_decay: float = 0.0
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
