@@ -128,7 +128,7 @@ class RewardTrainer:
     def train_step(self) -> dict:
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
-        losses, rewards, info = [], [], {}
+        losses, rewards, infos = [], [], []
         grad_norm = float("nan")
         for micro in range(cfg.gradient_accumulation_steps):
             rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
@@ -148,6 +148,7 @@ class RewardTrainer:
                     frames = self.backbone.decode(latents, select_frames(
                         self.reward.frames, cfg.num_frames, rng))
                     values, info = self.reward(frames, prompts)
+                    infos.append({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
                     loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
                 acc.backward(loss)
                 if acc.sync_gradients:
@@ -164,6 +165,8 @@ class RewardTrainer:
         # Averages over all processes, so the log shows the global batch.
         loss_mean = acc.reduce(torch.stack(losses).mean(), "mean").item()
         reward_mean = acc.reduce(torch.stack(rewards).mean(), "mean").item()
+        info = {k: acc.reduce(torch.tensor([i[k] for i in infos], device=acc.device).mean(),
+                              "mean").item() for k in infos[0]}
         if not math.isfinite(loss_mean):
             raise FloatingPointError(
                 f"loss became {loss_mean} at step {self.step}; the last checkpoint is intact. "
@@ -172,7 +175,7 @@ class RewardTrainer:
         return {"split": "train", "step": self.step, "loss": loss_mean, "reward": reward_mean,
                 "grad_norm": grad_norm, "lr": self.lr_schedule.get_last_lr()[0],
                 "seconds": time.perf_counter() - start,
-                **{f"reward_info/{k}": v for k, v in info.items() if isinstance(v, (int, float))}}
+                **{f"reward_info/{k}": v for k, v in info.items()}}
 
     def evaluate(self, out_dir: Path | None) -> dict:
         cfg = self.cfg

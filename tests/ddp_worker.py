@@ -1,0 +1,28 @@
+"""Run by test_distributed.py, once as one process and once under
+`accelerate launch --multi_gpu --num_processes 2 -m tests.ddp_worker`. Trains the tiny backbone
+through the library and writes each rank's final LoRA weights (a test-only output: the library
+itself writes from the main process only)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import accelerate.utils
+from safetensors.torch import save_file
+
+from tests.conftest import compose_cfg
+from vader.config import build_trainer
+
+
+def main(out: str, *overrides: str) -> None:
+    cfg = compose_cfg(*overrides)
+    accelerate.utils.set_seed(cfg.seed)
+    trainer = build_trainer(cfg, str(Path(out) / "run"))
+    trainer.setup()
+    trainer.train()
+    rank = trainer.accelerator.process_index
+    save_file(trainer.backbone.lora_state_dict(), Path(out) / f"lora_rank{rank}.safetensors")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,51 @@
+"""Two CPU processes (gloo) under `accelerate launch` train one LoRA, not two: both ranks end
+with the same weights, equal to one process trained on the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+ARGS = ["num_steps=3", "checkpoint_every=3", "backprop_mode=rand"]
+
+
+def run(cmd, tmp):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    two, one = tmp_path / "two", tmp_path / "one"
+    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "-m", "tests.ddp_worker", str(two), "train_batch_size=1", *ARGS], tmp_path)
+    run([sys.executable, "-m", "tests.ddp_worker", str(one), "train_batch_size=2", *ARGS], tmp_path)
+    rank0 = load_file(two / "lora_rank0.safetensors")
+    rank1 = load_file(two / "lora_rank1.safetensors")
+    single = load_file(one / "lora_rank0.safetensors")
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
+        # Adam divides by sqrt(v): where a gradient element is ~0, a 1e-7 difference in the
+        # order of the float sums (DDP's all-reduce vs one batch mean) can move that element by
+        # up to a fraction of lr (1e-2 here). 1e-4 is 1% of one step; a missing all-reduce
+        # leaves the ranks apart by whole steps.
+        torch.testing.assert_close(rank0[k], single[k], rtol=0, atol=1e-4, msg=k)
+    curves = [[(r["loss"], r["grad_norm"]) for r in map(json.loads, (d / "run" / "metrics.jsonl")
+               .read_text().splitlines()) if r["split"] == "train"] for d in (two, one)]
+    assert len(curves[0]) == 3
+    for (loss2, norm2), (loss1, norm1) in zip(*curves):
+        assert loss2 == pytest.approx(loss1, rel=1e-5) and norm2 == pytest.approx(norm1, rel=1e-4)
+    # only the main process wrote the run directory's checkpoint, and it holds the same LoRA
+    saved = load_file(two / "run" / "checkpoints" / "step_000003" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(saved[k], rank0[k]) for k in saved)
