@@ -25,7 +25,9 @@ def main(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, HydraConfig.get().runtime.output_dir)
     if trainer.is_main:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
-        (trainer.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        # An evaluation must not overwrite the config of the training run it evaluates.
+        name = "only_val_config.yaml" if cfg.only_val else "config.yaml"
+        (trainer.run_dir / name).write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer.setup()
     return trainer.only_val() if trainer.cfg.only_val else trainer.train()
 

@@ -116,13 +116,25 @@ def check_targets(cfg: DictConfig | ListConfig, path: str = "") -> None:
 def build_trainer(cfg: DictConfig, run_dir: str):
     """Check `cfg` completely, then build the objects it names into a RewardTrainer. Every check
     that needs no model runs before anything is built or written."""
-    from hydra.utils import instantiate
-
     from vader.trainer import RewardTrainer, check_settings
 
     check_targets(cfg)
     settings = OmegaConf.to_object(cfg)
     check_settings(settings)
-    prompts = instantiate(cfg.prompt_fn)     # cheap, and bad prompt files fail early
-    reward = instantiate(cfg.reward_fn)
-    return RewardTrainer(settings, instantiate(cfg.backbone), reward, prompts, run_dir)
+    prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
+    reward = build(cfg.reward_fn)
+    return RewardTrainer(settings, build(cfg.backbone), reward, prompts, run_dir)
+
+
+def build(node: DictConfig) -> Any:
+    """hydra.utils.instantiate, but our own errors (which say what to do) reach the user as they
+    are instead of wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError)):
+            raise err.__cause__ from None
+        raise
