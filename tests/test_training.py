@@ -112,7 +112,8 @@ def test_only_val_reproduces_final_evaluation(make_trainer, tmp_path):
 def test_default_job_improves_held_out_reward(tmp_path):
     """The README's main job, unchanged except for where it writes."""
     proc = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+        [sys.executable, "-m", "accelerate.commands.launch", "train.py", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = float(proc.stdout.split("held-out reward before training:")[1].split()[0])
