@@ -24,6 +24,7 @@ def test_unknown_reward_lists_the_choices():
     (("height=18",), ValueError, r"multiples of 4 \(e\.g\. height=16"),
     (("num_frames=0",), ValueError, r"num_frames must be at least 1"),
     (("lora_path=/no/such/checkpoint",), FileNotFoundError, r"lora_path='/no/such/checkpoint'.*Point lora_path"),
+    (("checkpoint_every=0",), ValueError, r"checkpoint_every must be at least 1"),
     (("video_format=avi",), ValueError, r"video_format='avi'"),
     (("mixed_precision=fp8",), ValueError, r"mixed_precision='fp8'"),
     (("reward_fn.frames=0",), ValueError, r"frames=0.*'all', 'random'"),

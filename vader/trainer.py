@@ -33,7 +33,8 @@ def check_settings(cfg: TrainConfig) -> None:
     check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps, cfg.backprop_step)
     check_logger(cfg.logger)
     positive = ("num_steps", "train_batch_size", "gradient_accumulation_steps", "val_batch_size",
-                "num_val_seeds", "num_frames", "height", "width", "fps")
+                "num_val_seeds", "num_frames", "height", "width", "fps", "val_every",
+                "checkpoint_every")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
