@@ -7,6 +7,7 @@ N processes on a global batch match one process on the same batch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -119,11 +120,15 @@ class RewardTrainer:
         prompts, seeds = [], []
         for g in range(first, first + cfg.train_batch_size):
             epoch, pos = divmod(g, len(train))
-            order = list(range(len(train)))
-            random.Random(cfg.seed * 100_003 + epoch).shuffle(order)
-            prompts.append(train[order[pos]])
+            prompts.append(train[self._epoch_order(epoch)[pos]])
             seeds.append(cfg.seed * 1_000_003 + g)  # distinct from evaluation seeds' range
         return prompts, seeds
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 - one trainer per process; two epochs in play
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.prompts.train)))
+        random.Random(self.cfg.seed * 100_003 + epoch).shuffle(order)
+        return order
 
     # --- training --------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -163,11 +168,14 @@ class RewardTrainer:
             losses.append(loss.detach())
             rewards.append(values.detach().float().mean())
         self.lr_schedule.step()
-        # Averages over all processes, so the log shows the global batch.
-        loss_mean = acc.reduce(torch.stack(losses).mean(), "mean").item()
-        reward_mean = acc.reduce(torch.stack(rewards).mean(), "mean").item()
-        info = {k: acc.reduce(torch.tensor([i[k] for i in infos], device=acc.device).mean(),
-                              "mean").item() for k in infos[0]}
+        # Averages over all processes, so the log shows the global batch: one all-reduce for
+        # every logged number rather than one per number.
+        keys = list(infos[0])
+        local = torch.stack([torch.stack(losses).mean(), torch.stack(rewards).mean(),
+                             *torch.tensor([[i[k] for k in keys] for i in infos],
+                                           device=acc.device).mean(0)])
+        loss_mean, reward_mean, *info_means = acc.reduce(local, "mean").tolist()
+        info = dict(zip(keys, info_means))
         if not math.isfinite(loss_mean):
             raise FloatingPointError(
                 f"loss became {loss_mean} at step {self.step}; the last checkpoint is intact. "
