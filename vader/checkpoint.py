@@ -5,6 +5,7 @@ checkpoint where a resume would pick it up.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -28,8 +29,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(root: Path | str, step: int, lora: dict[str, torch.Tensor],
-                    state: dict[str, Any] | None = None) -> Path:
-    """Write `root/step_XXXXXX/` and point `root/latest` at it. Returns the folder."""
+                    state: dict[str, Any] | None = None,
+                    lora_metadata: dict[str, Any] | None = None) -> Path:
+    """Write `root/step_XXXXXX/` and point `root/latest` at it. Returns the folder.
+
+    `lora_metadata` (the backbone's LoRA rank/alpha/targets) goes into the safetensors header
+    under diffusers' key, so `pipe.load_lora_weights(folder)` rebuilds the same adapter."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
@@ -37,7 +42,7 @@ def save_checkpoint(root: Path | str, step: int, lora: dict[str, torch.Tensor],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in lora.items()}, tmp / LORA_FILE,
-              metadata={"format": "pt", "step": str(step)})
+              metadata=lora_file_metadata(step, lora_metadata))
     if state is not None:
         torch.save(state, tmp / STATE_FILE)
     if final.exists():  # re-saving a step (a resumed run repeating its last save): replace it
@@ -45,6 +50,14 @@ def save_checkpoint(root: Path | str, step: int, lora: dict[str, torch.Tensor],
     os.replace(tmp, final)
     _atomic_write_text(root / "latest", final.name + "\n")
     return final
+
+
+def lora_file_metadata(step: int, lora_metadata: dict[str, Any] | None) -> dict[str, str]:
+    metadata = {"format": "pt", "step": str(step)}
+    if lora_metadata:
+        # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY; read by `load_lora_weights`.
+        metadata["lora_adapter_metadata"] = json.dumps(lora_metadata, sort_keys=True)
+    return metadata
 
 
 def latest_checkpoint(root: Path | str) -> Path | None:

@@ -48,6 +48,10 @@ class Backbone(Protocol):
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """LoRA weights with diffusers/peft key names (`unet.` prefix)."""
 
+    def lora_metadata(self) -> dict[str, Any]:
+        """The LoRA configuration in diffusers' packed form (`unet.r`, `unet.lora_alpha`, ...),
+        stored beside the weights so diffusers' `load_lora_weights` rebuilds the same adapter."""
+
     def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of `lora_state_dict`; raises if keys do not match."""
 

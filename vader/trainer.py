@@ -209,7 +209,8 @@ class RewardTrainer:
                      "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
                      "torch_rng": torch.get_rng_state()}
             folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
-                                          self.backbone.lora_state_dict(), state)
+                                          self.backbone.lora_state_dict(), state,
+                                          self.backbone.lora_metadata())
         self.accelerator.wait_for_everyone()
         return folder
 

@@ -1,5 +1,6 @@
-"""Adapter for diffusers' UNet3DConditionModel family (ModelScope text-to-video and our tiny
-build): a 3D UNet denoiser, a per-frame 2D VAE and a CLIP text encoder.
+"""Adapter for diffusers' video UNets: `UNet3DConditionModel` (ModelScope text-to-video and our
+tiny build) and `UNetMotionModel` (AnimateDiff: an image UNet plus motion modules). Both take
+latents `(B, C, T, h, w)` and CLIP text embeddings; frames are decoded one by one by a 2D VAE.
 
 Built objects come in; nothing here downloads or reads config files, so the same adapter serves
 random tiny weights in tests and real checkpoints in training.
@@ -9,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
+                       EulerDiscreteScheduler)
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
@@ -17,25 +19,40 @@ from torch.utils.checkpoint import checkpoint
 
 # Diffusers' attention projections; LoRA there is what VADER and the diffusers trainers adapt.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
+# ddim: DDIM (eta > 0 adds noise); dpmsolver: DPM-Solver++ multistep (VADER's ModelScope
+# default); euler: Euler discrete, which AnimateDiff-Lightning's few-step modules were distilled for.
+SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler,
+              "euler": EulerDiscreteScheduler}
 
 
-class UNet3DBackbone:
-    """Prompts -> CLIP embeddings -> 3D UNet denoiser -> VAE decode, frame by frame."""
+def check_scheduler(scheduler: str) -> None:
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
+
+
+class VideoUNetBackbone:
+    """Prompts -> CLIP embeddings -> video UNet denoiser -> VAE decode, frame by frame."""
 
     def __init__(self, name: str, unet: nn.Module, vae: AutoencoderKL, text_encoder: nn.Module,
                  tokenizer: Any, scheduler_config: dict[str, Any], scheduler: str = "ddim",
+                 scheduler_overrides: dict[str, Any] | None = None,
                  lora_rank: int = 8, lora_alpha: float | None = None,
                  lora_target_modules: list[str] | None = None, decode_chunk: int = 4,
-                 gradient_checkpointing: bool = True):
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
+                 gradient_checkpointing: bool = True, text_per_frame: bool = False):
+        check_scheduler(scheduler)
         self.name = name
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.scheduler_cls = SCHEDULERS[scheduler]
-        self.scheduler_config = dict(scheduler_config)
+        # A checkpoint's scheduler_config.json, then the settings this backbone needs on top
+        # (AnimateDiff's linear betas, Lightning's trailing timesteps).
+        self.scheduler_config = {**dict(scheduler_config), **dict(scheduler_overrides or {})}
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         self.decode_chunk = decode_chunk
+        # UNetMotionModel wants one text embedding per frame (AnimateDiffPipeline repeats them);
+        # UNet3DConditionModel repeats them itself.
+        self.text_per_frame = text_per_frame
+        # Recorded before LoRA is added: LoRA parameters are float32 whatever the frozen dtype.
+        self.weight_dtype = next(unet.parameters()).dtype
         self.gradient_checkpointing = gradient_checkpointing
         for module in (unet, vae, text_encoder):
             module.requires_grad_(False)
@@ -43,9 +60,15 @@ class UNet3DBackbone:
         # peft marks only the new LoRA parameters trainable; they stay float32 whatever the
         # dtype of the frozen weights, so small updates are not rounded away.
         # (diffusers' UNet3DConditionModel has no `add_adapter`, so peft injects directly.)
-        inject_adapter_in_model(LoraConfig(
+        self.lora_config = LoraConfig(
             r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
-            target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS)), self.unet)
+            target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
+        try:
+            inject_adapter_in_model(self.lora_config, self.unet)
+        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+            raise ValueError(f"backbone {name!r}: lora_target_modules="
+                             f"{list(self.lora_config.target_modules)} matched no layer ({err}); "
+                             f"the default {list(DEFAULT_LORA_TARGETS)} targets attention") from err
         for p in self.unet.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
@@ -79,7 +102,7 @@ class UNet3DBackbone:
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
-    def to(self, device: torch.device | str) -> "UNet3DBackbone":
+    def to(self, device: torch.device | str) -> "VideoUNetBackbone":
         for module in (self.unet, self.vae, self.text_encoder):
             module.to(device)
         return self
@@ -87,13 +110,24 @@ class UNet3DBackbone:
     # --- model calls -----------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        # Exactly the diffusers pipelines' `encode_prompt`: pad to the tokenizer's maximum, and
+        # pass the attention mask only to encoders configured to use one.
         ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,
                              max_length=self.tokenizer.model_max_length, return_tensors="pt")
-        return self.text_encoder(ids.input_ids.to(self.device))[0]
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = ids.attention_mask.to(self.device)
+        return self.text_encoder(ids.input_ids.to(self.device), attention_mask=mask)[0]
 
     def predict(self, model: nn.Module, latents: torch.Tensor, t: torch.Tensor,
                 cond: torch.Tensor) -> torch.Tensor:
-        return model(latents, t, encoder_hidden_states=cond).sample
+        # The frozen weights may be fp16/bf16 while the sampler keeps latents in float32; the
+        # scheduler arithmetic stays in float32 and only the network runs in the weights' dtype.
+        dtype = self.weight_dtype
+        if self.text_per_frame:
+            cond = cond.repeat_interleave(latents.shape[2], dim=0)
+        out = model(latents.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
+        return out.to(latents.dtype)
 
     def decode(self, latents: torch.Tensor, frame_index: torch.Tensor | None = None) -> torch.Tensor:
         b, c, t, h, w = latents.shape
@@ -122,6 +156,13 @@ class UNet3DBackbone:
     # --- LoRA ------------------------------------------------------------------------------
     def trainable_module(self) -> nn.Module:
         return self.unet
+
+    def lora_metadata(self) -> dict[str, Any]:
+        # The LoraConfig as diffusers' `save_lora_weights` records it in the safetensors header,
+        # so `pipe.load_lora_weights` rebuilds the same rank, alpha and targets.
+        config = self.lora_config.to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        return {f"unet.{k}": v for k, v in config.items() if k in ("r", "lora_alpha", "target_modules")}
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         # The `unet.` prefix is what diffusers' `load_lora_weights` expects for pipeline LoRAs.

@@ -1,0 +1,73 @@
+"""`backbone=animatediff_lightning`: ByteDance's AnimateDiff-Lightning, motion modules distilled
+for 1, 2, 4 or 8 sampling steps, on a Stable Diffusion 1.5-layout image model. The checkpoints
+are bare state dicts (`animatediff_lightning_{N}step_diffusers.safetensors`) for diffusers'
+default MotionAdapter layout, sampled with Euler on trailing timesteps and no guidance (their
+model card: num_inference_steps=N, guidance_scale=1.0).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import MotionAdapter, UNet2DConditionModel
+from safetensors.torch import load_file
+
+from backbones.animatediff import motion_unet
+from backbones.loading import (Source, check_source, check_sources, load_part, load_text_vae,
+                               parse_dtype, part_source, text_vae_sources)
+from backbones.video_unet import VideoUNetBackbone, check_scheduler
+
+STEPS = (1, 2, 4, 8)
+LIGHTNING_SCHEDULER = dict(timestep_spacing="trailing", beta_schedule="linear")
+
+
+def lightning_file(steps: int) -> str:
+    if steps not in STEPS:
+        raise ValueError(f"backbone.steps={steps}: AnimateDiff-Lightning has modules for "
+                         f"{STEPS} steps; set num_inference_steps to the same number")
+    return f"animatediff_lightning_{steps}step_diffusers.safetensors"
+
+
+def load_adapter(source: Source, adapter_config: dict[str, Any] | None) -> MotionAdapter:
+    path = check_source(source)
+    if path.startswith("hub:"):
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download(source.location, source.filename, revision=source.revision)
+    adapter = MotionAdapter(**dict(adapter_config or {}))
+    missing, unexpected = adapter.load_state_dict(load_file(path), strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{source.key}={source.location!r}: {source.filename} does not fit the MotionAdapter "
+            f"layout (backbone.adapter_config): {len(missing)} missing keys, {len(unexpected)} "
+            f"unexpected (e.g. {(missing or unexpected)[:2]})")
+    return adapter
+
+
+def animatediff_lightning(pretrained: str = "emilianJR/epiCRealism",
+                          lightning: str = "ByteDance/AnimateDiff-Lightning", steps: int = 4,
+                          adapter_config: dict[str, Any] | None = None,
+                          revision: str | None = None, variant: str | None = None,
+                          unet: str | None = None, vae: str | None = None,
+                          text_encoder: str | None = None, unet_dtype: str = "bf16",
+                          vae_dtype: str = "bf16", text_encoder_dtype: str = "bf16",
+                          scheduler: str = "euler",
+                          scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
+                          lora_alpha: float | None = None,
+                          lora_target_modules: list[str] | None = None, decode_chunk: int = 1,
+                          gradient_checkpointing: bool = True) -> VideoUNetBackbone:
+    check_scheduler(scheduler)
+    weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
+    sources = text_vae_sources(pretrained, revision, vae, text_encoder)
+    sources["unet"] = part_source("backbone.unet", unet, pretrained, "unet", revision=revision)
+    sources["lightning"] = Source("backbone.lightning", lightning, lightning_file(steps),
+                                  weights=False)
+    check_sources(list(sources.values()))
+    adapter = load_adapter(sources["lightning"], adapter_config)
+    image_unet = load_part(UNet2DConditionModel, sources["unet"], variant=variant)
+    return VideoUNetBackbone(
+        name="animatediff_lightning", unet=motion_unet(image_unet, adapter, weight_dtype),
+        **load_text_vae(sources, vae_dtype, text_encoder_dtype, variant),
+        scheduler=scheduler,
+        scheduler_overrides=LIGHTNING_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
+        text_per_frame=True)
