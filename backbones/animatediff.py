@@ -21,7 +21,9 @@ ANIMATEDIFF_SCHEDULER = dict(beta_schedule="linear", timestep_spacing="linspace"
 
 def motion_unet(image_unet: UNet2DConditionModel, adapter: MotionAdapter, dtype: Any) -> nn.Module:
     """The image UNet with motion modules inserted: AnimateDiffPipeline's own construction."""
-    return UNetMotionModel.from_unet2d(image_unet, adapter).to(dtype)
+    unet = UNetMotionModel.from_unet2d(image_unet, adapter)
+    # nn.Module.to: diffusers' own `.to` warns about fp32-pinned modules this model has none of.
+    return nn.Module.to(unet, dtype) if dtype != unet.dtype else unet
 
 
 def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",

@@ -39,3 +39,34 @@ def make_trainer(tmp_path):
         accelerate.utils.set_seed(cfg.seed)
         return build_trainer(cfg, str(run_dir or tmp_path / "run"))
     return make
+
+
+F32 = ["backbone.unet_dtype=fp32", "backbone.vae_dtype=fp32", "backbone.text_encoder_dtype=fp32"]
+DIFFUSERS_BACKBONES = ("modelscope", "animatediff", "animatediff_lightning")
+
+
+@pytest.fixture(scope="session")
+def tiny_folders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random-weight checkpoints written in the real hub layouts (see tests/tiny_models.py)."""
+    from tests import tiny_models
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {"modelscope": tiny_models.write_modelscope(root / "modelscope"),
+            "sd15": tiny_models.write_sd15(root / "sd15"),
+            "motion_adapter": tiny_models.write_motion_adapter(root / "motion_adapter"),
+            "lightning": tiny_models.write_lightning(root / "lightning", steps=4)}
+
+
+def backbone_overrides(name: str, folders: dict[str, Path]) -> list[str]:
+    """Hydra overrides selecting backbone `name`, pointed at the tiny folders, in float32."""
+    from tests.tiny_models import ADAPTER_CONFIG
+    if name == "tiny":
+        return ["backbone=tiny"]
+    if name == "modelscope":
+        return ["backbone=modelscope", f"backbone.pretrained={folders['modelscope']}", *F32]
+    common = [f"backbone={name}", f"backbone.pretrained={folders['sd15']}", *F32]
+    if name == "animatediff":
+        return [*common, f"backbone.motion_adapter={folders['motion_adapter']}"]
+    adapter = ",".join(f"{k}:{list(v) if isinstance(v, tuple) else v}"
+                       for k, v in ADAPTER_CONFIG.items())
+    return [*common, f"backbone.lightning={folders['lightning']}", "backbone.steps=4",
+            f"backbone.adapter_config={{{adapter}}}"]

@@ -8,7 +8,7 @@ import torch
 
 from backbones.tiny import tiny
 from rewards.colorfulness import Colorfulness
-from vader.sampler import cutoff_index, make_noise, sample
+from vader.sampler import cutoff_index, dead_steps, make_noise, sample
 
 STEPS, GUIDANCE = 3, 3.0
 PROMPTS = ["a dog running on the beach", "a red car"]
@@ -134,3 +134,17 @@ def test_noise_depends_only_on_seed():
     shape = (3, 4, 2, 4, 4)
     both = make_noise(shape, [7, 8, 9])
     torch.testing.assert_close(make_noise((1, 4, 2, 4, 4), [8])[0], both[1], rtol=0, atol=0)
+
+
+def test_identity_steps_are_found_and_skipped_when_counting_k():
+    from diffusers import DDIMScheduler
+
+    from backbones.tiny import SCHEDULER_CONFIG
+    linspace = lambda: DDIMScheduler.from_config({**SCHEDULER_CONFIG, "timestep_spacing": "linspace"})
+    leading = lambda: DDIMScheduler.from_config(SCHEDULER_CONFIG)
+    assert dead_steps(leading, 10) == frozenset()
+    dead = dead_steps(linspace, 10)
+    assert dead == {9}  # linspace ends at t=0, where DDIM returns its input unchanged
+    assert cutoff_index("last", 10, backprop_steps=1, dead=dead) == 8
+    assert cutoff_index("last", 10, backprop_steps=10, dead=dead) == 0
+    assert {cutoff_index("rand", 10, rng=random.Random(i), dead=dead) for i in range(200)} == set(range(9))

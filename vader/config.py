@@ -122,8 +122,10 @@ def build_trainer(cfg: DictConfig, run_dir: str):
     settings = OmegaConf.to_object(cfg)
     check_settings(settings)
     prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
-    reward = build(cfg.reward_fn)
-    return RewardTrainer(settings, build(cfg.backbone), reward, prompts, run_dir)
+    # The backbone checks that every model part can be had before loading any of them, and
+    # comes before the reward so a wrong path fails before any reward model loads.
+    backbone = build(cfg.backbone)
+    return RewardTrainer(settings, backbone, build(cfg.reward_fn), prompts, run_dir)
 
 
 def build(node: DictConfig) -> Any:

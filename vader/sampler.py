@@ -7,7 +7,9 @@ non-reentrant gradient checkpointing so memory follows K, not the number of step
 """
 from __future__ import annotations
 
+import copy
 import random
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -33,18 +35,42 @@ def check_backprop(mode: str, num_steps: int, backprop_steps: int, backprop_step
                          f"(the step index gradients start from), got {backprop_step}")
 
 
+def dead_steps(make_scheduler: Callable[[], Any], num_steps: int) -> frozenset[int]:
+    """Indices of the denoising steps whose result does not depend on the model output.
+
+    Schedules that end exactly at t=0 (`timestep_spacing=linspace`, AnimateDiff's) make the last
+    DDIM or DPM-Solver step an identity: x0 and the noise it removes cancel. Backprop through only
+    that step would give LoRA a zero gradient, so such steps are found by probing the scheduler
+    with two different model outputs, and are not counted as gradient steps."""
+    scheduler = make_scheduler()
+    scheduler.set_timesteps(num_steps)
+    x = torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(0))
+    dead = set()
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(x, t)
+        outs = [copy.deepcopy(scheduler).step(torch.full_like(x_in, v), t, x).prev_sample
+                for v in (0.0, 1.0)]
+        if (outs[0] - outs[1]).abs().max() < 1e-4:
+            dead.add(i)
+        x = scheduler.step(torch.zeros_like(x_in), t, x).prev_sample  # advance multistep state
+    return frozenset(dead)
+
+
 def cutoff_index(mode: str, num_steps: int, backprop_steps: int = 1,
-                 backprop_step: int | None = None, rng: random.Random | None = None) -> int:
+                 backprop_step: int | None = None, rng: random.Random | None = None,
+                 dead: frozenset[int] = frozenset()) -> int:
     """Index of the first denoising step that keeps gradients.
 
-    last: the last `backprop_steps` steps; rand: a cutoff drawn uniformly from all steps (VADER's
-    'rand'), from `rng` so every process draws the same one; specific: `backprop_step`.
+    last: the last `backprop_steps` steps that depend on the model (steps in `dead`, see
+    `dead_steps`, are skipped when counting); rand: a cutoff drawn uniformly from those steps
+    (VADER's 'rand'), from `rng` so every process draws the same one; specific: `backprop_step`.
     """
     check_backprop(mode, num_steps, backprop_steps, backprop_step)
+    live = [i for i in range(num_steps) if i not in dead] or list(range(num_steps))
     if mode == "last":
-        return num_steps - backprop_steps
+        return live[-min(backprop_steps, len(live))] if backprop_steps < num_steps else 0
     if mode == "rand":
-        return (rng or random).randrange(num_steps)
+        return (rng or random).choice(live)
     return int(backprop_step)
 
 

@@ -24,7 +24,7 @@ from vader.frames import check_frames, select_frames
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
 from vader.protocols import Backbone, Reward
-from vader.sampler import check_backprop, cutoff_index, make_noise, sample
+from vader.sampler import check_backprop, cutoff_index, dead_steps, make_noise, sample
 from vader.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
 from vader.video import SUPPORTED_SUFFIXES
 
@@ -70,6 +70,13 @@ class RewardTrainer:
             raise ValueError(f"reward {type(reward).__name__} is not differentiable, so reward-"
                              "gradient training cannot use it; evaluate with only_val=True")
         self.cfg, self.backbone, self.reward, self.prompts = cfg, backbone, reward, prompts
+        self.dead_steps = dead_steps(backbone.make_scheduler, cfg.num_inference_steps)
+        if (cfg.backprop_mode == "specific" and not cfg.only_val
+                and set(range(cfg.backprop_step, cfg.num_inference_steps)) <= self.dead_steps):
+            raise ValueError(
+                f"backprop_step={cfg.backprop_step}: from there on no step of this schedule "
+                f"depends on the model output (steps {sorted(self.dead_steps)} end at t=0), so "
+                "LoRA would get no gradient; choose an earlier backprop_step")
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator or make_accelerator(cfg, self.run_dir)
         self.is_main = self.accelerator.is_main_process
@@ -144,7 +151,8 @@ class RewardTrainer:
                                                               cfg.height, cfg.width),
                                    seeds, acc.device)
                 cutoff = cutoff_index(cfg.backprop_mode, cfg.num_inference_steps,
-                                      cfg.backprop_steps, cfg.backprop_step, rng)
+                                      cfg.backprop_steps, cfg.backprop_step, rng,
+                                      self.dead_steps)
                 with acc.autocast():
                     latents = sample(self.backbone, self.model, prompts, noise,
                                      num_inference_steps=cfg.num_inference_steps,

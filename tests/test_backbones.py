@@ -1,0 +1,100 @@
+"""The backbone contract, over every backbone: shapes, only LoRA trainable, gradients reaching
+LoRA through the truncated steps, LoRA save/load. The diffusers backbones load tiny random-weight
+checkpoints of the real classes from folders in the real layouts (tests/tiny_models.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import backbone_overrides, compose_cfg
+from vader import checkpoint as ckpt
+from vader.config import build, check_targets
+from vader.protocols import Backbone
+from vader.sampler import cutoff_index, dead_steps, make_noise, sample
+
+BACKBONES = ("tiny", "modelscope", "animatediff", "animatediff_lightning")
+PROMPTS = ["a red car", "a cat on a boat"]
+
+
+def build_backbone(name: str, folders, *extra: str) -> Backbone:
+    cfg = compose_cfg(*backbone_overrides(name, folders), *extra)
+    check_targets(cfg)
+    return build(cfg.backbone)
+
+
+def run(backbone: Backbone, cutoff: int | None, steps: int = 3, seeds=(3, 4)) -> torch.Tensor:
+    noise = make_noise(backbone.latent_shape(len(seeds), 4, 16, 16), list(seeds))
+    latents = sample(backbone, backbone.trainable_module(), PROMPTS[:len(seeds)], noise,
+                     num_inference_steps=steps, guidance_scale=3.0, cutoff=cutoff)
+    return backbone.decode(latents)
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def backbone(request, tiny_folders) -> Backbone:
+    return build_backbone(request.param, tiny_folders)
+
+
+def test_is_a_backbone_with_video_shapes(backbone):
+    assert isinstance(backbone, Backbone)
+    assert backbone.latent_shape(2, 4, 16, 16)[:3] == (2, 4, 4)
+    with torch.no_grad():
+        frames = run(backbone, cutoff=None)
+    assert frames.shape == (2, 4, 3, 16, 16)
+    assert frames.min() >= 0 and frames.max() <= 1 and frames.std() > 0
+    with pytest.raises(ValueError, match="multiples of"):
+        backbone.check_video(4, 18, 16)
+
+
+def test_only_lora_is_trainable_in_float32(backbone):
+    trainable = {n: p for n, p in backbone.trainable_module().named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.dtype == torch.float32 for p in trainable.values())
+    for module in (backbone.vae, backbone.text_encoder):
+        assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_gradients_reach_lora_through_the_truncated_steps(backbone):
+    module = backbone.trainable_module()
+    module.zero_grad(set_to_none=True)
+    # Only the last of 3 steps keeps gradients (the last that depends on the model, as training
+    # counts them: AnimateDiff's linspace schedule ends with an identity step at t=0).
+    dead = dead_steps(backbone.make_scheduler, 3)
+    cutoff = cutoff_index("last", 3, backprop_steps=1, dead=dead)
+    assert cutoff == (1 if backbone.name == "animatediff" else 2)
+    frames = run(backbone, cutoff=cutoff)
+    frames.mean().backward()
+    grads = {n: p.grad for n, p in module.named_parameters() if p.requires_grad}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values() if g is not None)
+    # lora_B starts at zero, so the gradient shows up on lora_B; it must reach most layers.
+    reached = [n for n, g in grads.items() if "lora_B" in n and g is not None and g.abs().sum() > 0]
+    assert len(reached) > 0.5 * sum("lora_B" in n for n in grads)
+    assert all(p.grad is None for n, p in module.named_parameters() if not p.requires_grad)
+    module.zero_grad(set_to_none=True)
+
+
+def test_lora_round_trip_through_a_checkpoint(backbone, tiny_folders, tmp_path):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in backbone.trainable_module().named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+        tuned = run(backbone, cutoff=None)
+    folder = ckpt.save_checkpoint(tmp_path, 1, backbone.lora_state_dict(),
+                                  lora_metadata=backbone.lora_metadata())
+    fresh = build_backbone(backbone.name, tiny_folders)
+    with torch.no_grad():
+        base = run(fresh, cutoff=None)
+        fresh.load_lora_state_dict(ckpt.load_lora(folder))
+        reloaded = run(fresh, cutoff=None)
+    assert (tuned - base).abs().max() > 1e-4  # the LoRA does something, so equality means a load
+    torch.testing.assert_close(reloaded, tuned, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        for n, p in backbone.trainable_module().named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+
+
+def test_wrong_rank_is_refused_with_the_reason(backbone, tiny_folders):
+    other = build_backbone(backbone.name, tiny_folders, "lora_rank=2")
+    with pytest.raises(ValueError, match="lora_rank"):
+        other.load_lora_state_dict(backbone.lora_state_dict())
