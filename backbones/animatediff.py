@@ -4,7 +4,7 @@ UNetMotionModel exactly as AnimateDiffPipeline joins them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import nn
@@ -35,19 +35,32 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
                 scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
                 lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
                 decode_chunk: int = 1, gradient_checkpointing: bool = True) -> VideoUNetBackbone:
-    check_scheduler(scheduler)
-    weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
-    sources = text_vae_sources(pretrained, revision, vae, text_encoder)
-    sources["unet"] = part_source("backbone.unet", unet, pretrained, "unet", revision=revision)
-    sources["motion_adapter"] = Source("backbone.motion_adapter", motion_adapter, "config.json")
-    check_sources(list(sources.values()))
-    adapter = load_part(MotionAdapter, sources["motion_adapter"])
-    image_unet = load_part(UNet2DConditionModel, sources["unet"], variant=variant)
-    return VideoUNetBackbone(
-        name="animatediff", unet=motion_unet(image_unet, adapter, weight_dtype),
-        **load_text_vae(sources, vae_dtype, text_encoder_dtype, variant),
+    adapter = Source("backbone.motion_adapter", motion_adapter, "config.json")
+    return motion_backbone(
+        "animatediff", adapter, lambda: load_part(MotionAdapter, adapter), pretrained, revision,
+        variant, unet, vae, text_encoder, (unet_dtype, vae_dtype, text_encoder_dtype),
         scheduler=scheduler,
         scheduler_overrides=ANIMATEDIFF_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
-        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
-        text_per_frame=True)
+        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing)
+
+
+def motion_backbone(name: str, adapter_source: Source, load_adapter: Callable[[], MotionAdapter],
+                    pretrained: str, revision: str | None, variant: str | None,
+                    unet: str | None, vae: str | None, text_encoder: str | None,
+                    dtypes: tuple[str, str, str], scheduler: str,
+                    **backbone_kwargs: Any) -> VideoUNetBackbone:
+    """Check every source (the image model's parts and the motion module), then load and join
+    them; shared by `animatediff` and `animatediff_lightning`, which differ in the adapter."""
+    check_scheduler(scheduler)
+    unet_dtype, vae_dtype, text_encoder_dtype = dtypes
+    weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
+    sources = {"unet": part_source("backbone.unet", unet, pretrained, "unet", revision=revision),
+               **text_vae_sources(pretrained, revision, vae, text_encoder)}
+    check_sources([*sources.values(), adapter_source])
+    adapter = load_adapter()
+    image_unet = load_part(UNet2DConditionModel, sources["unet"], variant=variant)
+    return VideoUNetBackbone(
+        name=name, unet=motion_unet(image_unet, adapter, weight_dtype),
+        **load_text_vae(sources, vae_dtype, text_encoder_dtype, variant), scheduler=scheduler,
+        text_per_frame=True, **backbone_kwargs)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import MotionAdapter, UNet2DConditionModel
+from diffusers import MotionAdapter
 from safetensors.torch import load_file
 
-from backbones.animatediff import motion_unet
-from backbones.loading import (Source, check_source, check_sources, load_part, load_text_vae,
-                               parse_dtype, part_source, text_vae_sources)
-from backbones.video_unet import VideoUNetBackbone, check_scheduler
+from backbones.animatediff import motion_backbone
+from backbones.loading import Source, check_source
+from backbones.video_unet import VideoUNetBackbone
 
 STEPS = (1, 2, 4, 8)
 LIGHTNING_SCHEDULER = dict(timestep_spacing="trailing", beta_schedule="linear")
@@ -54,20 +53,11 @@ def animatediff_lightning(pretrained: str = "emilianJR/epiCRealism",
                           lora_alpha: float | None = None,
                           lora_target_modules: list[str] | None = None, decode_chunk: int = 1,
                           gradient_checkpointing: bool = True) -> VideoUNetBackbone:
-    check_scheduler(scheduler)
-    weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
-    sources = text_vae_sources(pretrained, revision, vae, text_encoder)
-    sources["unet"] = part_source("backbone.unet", unet, pretrained, "unet", revision=revision)
-    sources["lightning"] = Source("backbone.lightning", lightning, lightning_file(steps),
-                                  weights=False)
-    check_sources(list(sources.values()))
-    adapter = load_adapter(sources["lightning"], adapter_config)
-    image_unet = load_part(UNet2DConditionModel, sources["unet"], variant=variant)
-    return VideoUNetBackbone(
-        name="animatediff_lightning", unet=motion_unet(image_unet, adapter, weight_dtype),
-        **load_text_vae(sources, vae_dtype, text_encoder_dtype, variant),
+    source = Source("backbone.lightning", lightning, lightning_file(steps), weights=False)
+    return motion_backbone(
+        "animatediff_lightning", source, lambda: load_adapter(source, adapter_config), pretrained,
+        revision, variant, unet, vae, text_encoder, (unet_dtype, vae_dtype, text_encoder_dtype),
         scheduler=scheduler,
         scheduler_overrides=LIGHTNING_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
-        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
-        text_per_frame=True)
+        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing)

@@ -22,8 +22,8 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
                decode_chunk: int = 1, gradient_checkpointing: bool = True) -> VideoUNetBackbone:
     check_scheduler(scheduler)
     weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
-    sources = text_vae_sources(pretrained, revision, vae, text_encoder)
-    sources["unet"] = part_source("backbone.unet", unet, pretrained, "unet", revision=revision)
+    sources = {"unet": part_source("backbone.unet", unet, pretrained, "unet", revision=revision),
+               **text_vae_sources(pretrained, revision, vae, text_encoder)}
     check_sources(list(sources.values()))  # every part is reachable before any weight loads
     return VideoUNetBackbone(
         name="modelscope",

@@ -46,6 +46,41 @@ def real_size_parts(backbone: str) -> dict[str, nn.Module]:
                      "choose modelscope, animatediff or animatediff_lightning")
 
 
+def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_rank: int = 16,
+                       decode_chunk: int = 1):
+    """A real-size backbone with random weights, built directly on `device` (for benchmarks on a
+    GPU: the published architecture without downloading it). The tokenizer is the byte-level one
+    of `tiny`; token ids stay inside the real vocabulary, and speed does not depend on them."""
+    import torch
+
+    from backbones.loading import parse_dtype
+    from backbones.tiny import byte_level_tokenizer
+    from backbones.video_unet import VideoUNetBackbone
+    weights = parse_dtype(dtype, "dtype")
+    with torch.device(device):
+        if backbone == "modelscope":
+            unet = UNet3DConditionModel.from_config(load_config("modelscope_unet"))
+            vae = AutoencoderKL.from_config(load_config("modelscope_vae"))
+            text_encoder = _text_encoder("modelscope_text_encoder")
+            scheduler, config, overrides = "dpmsolver", load_config("modelscope_scheduler"), {}
+        else:
+            from backbones.animatediff import ANIMATEDIFF_SCHEDULER, motion_unet
+            unet = motion_unet(UNet2DConditionModel.from_config(load_config("sd15_unet")),
+                               MotionAdapter.from_config(load_config("motion_adapter_v1-5-2")),
+                               torch.float32)
+            vae = AutoencoderKL.from_config(load_config("sd15_vae"))
+            text_encoder = _text_encoder("sd15_text_encoder")
+            config = load_config("sd15_scheduler")
+            scheduler, overrides = ("euler", {"timestep_spacing": "trailing", "beta_schedule": "linear"}) \
+                if backbone == "animatediff_lightning" else ("ddim", ANIMATEDIFF_SCHEDULER)
+    return VideoUNetBackbone(
+        name=backbone, unet=unet.to(weights), vae=vae.to(weights),
+        text_encoder=text_encoder.to(weights), tokenizer=byte_level_tokenizer(77),
+        scheduler_config={k: v for k, v in config.items() if not k.startswith("_")},
+        scheduler=scheduler, scheduler_overrides=overrides, lora_rank=lora_rank,
+        decode_chunk=decode_chunk, text_per_frame=backbone != "modelscope")
+
+
 def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -1,8 +1,8 @@
 """Peak memory of one reward-gradient training step versus `num_inference_steps`, at fixed K.
 
-    python benchmarks/memory_vs_steps.py --steps 5 10 20 40 --k 1
-    python benchmarks/memory_vs_steps.py --steps 5 10 20 40 --k 1 2 --json outputs/mem.json
-    python benchmarks/memory_vs_steps.py --steps 5 10 20 --no-checkpointing
+    python -m benchmarks.memory_vs_steps --steps 5 10 20 40 --k 1
+    python -m benchmarks.memory_vs_steps --steps 5 10 20 40 --k 1 2 --json outputs/mem.json
+    python -m benchmarks.memory_vs_steps --steps 5 10 20 --no-checkpointing
 
 One step is what `vader.trainer.Trainer.train_step` does, without accelerate or the optimizer:
 sample N steps (the first N-K under no_grad, the last K with gradients), decode, score with
@@ -37,9 +37,7 @@ from pathlib import Path
 
 import torch
 
-# Run as a script from anywhere: the repo root holds `vader`, `backbones`, `rewards`.
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # run as `python -m benchmarks.memory_vs_steps` here
 
 MiB = 2 ** 20
 
@@ -163,8 +161,9 @@ def main() -> None:
             cfg = {"steps": n, "k": k, "no_checkpointing": args.no_checkpointing, "device": device,
                    "frames": args.frames, "height": args.height, "width": args.width,
                    "channels": args.channels}
-            out = subprocess.run([sys.executable, __file__, "--_one", json.dumps(cfg)], env=env,
-                                 capture_output=True, text=True)
+            out = subprocess.run([sys.executable, "-m", "benchmarks.memory_vs_steps", "--_one",
+                                  json.dumps(cfg)], env=env, cwd=ROOT, capture_output=True,
+                                 text=True)
             if out.returncode:
                 sys.exit(f"N={n} K={k} failed:\n{out.stderr[-3000:]}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -22,9 +22,9 @@ def no_loading(monkeypatch):
     """Any weight load during the test is a failure: errors must come before loading."""
     def refuse(*args, **kwargs):
         raise AssertionError("a model part was loaded before the sources were checked")
-    for module in (backbones.loading, backbones.modelscope, backbones.animatediff,
-                   backbones.animatediff_lightning):
+    for module in (backbones.loading, backbones.modelscope, backbones.animatediff):
         monkeypatch.setattr(module, "load_part", refuse)
+    monkeypatch.setattr(backbones.animatediff_lightning, "load_file", refuse)
 
 
 @pytest.mark.parametrize("name, key", [("modelscope", "pretrained"), ("animatediff", "pretrained"),
@@ -54,6 +54,18 @@ def test_hub_id_while_offline(tiny_folders, tmp_path, monkeypatch, no_loading):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"backbone.pretrained='someone/some-model'.*not in "
                        r"the local Hugging Face cache and the hub is offline.*huggingface-cli download"):
+        build_backbone("modelscope", tiny_folders, "backbone.pretrained=someone/some-model")
+
+
+def test_hub_id_without_network(tiny_folders, tmp_path, monkeypatch, no_loading):
+    # Online mode, but the hub endpoint refuses connections (a closed local port).
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(FileNotFoundError, match=r"backbone.pretrained='someone/some-model': cannot "
+                       r"reach the Hugging Face hub to fetch unet/config.json"):
         build_backbone("modelscope", tiny_folders, "backbone.pretrained=someone/some-model")
 
 
@@ -87,3 +99,8 @@ def test_train_py_with_the_real_default_fails_fast_offline(tmp_path):
     assert "huggingface-cli download" in result.stderr
     assert time.time() - start < 120
     assert not run_dir.exists() or not any(run_dir.iterdir())
+
+
+def test_eta_needs_ddim(make_trainer):
+    with pytest.raises(ValueError, match=r"eta=0.5 needs a DDIM scheduler.*backbone.scheduler=ddim"):
+        make_trainer("backbone.scheduler=dpmsolver", "eta=0.5")

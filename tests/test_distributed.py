@@ -36,11 +36,14 @@ def test_two_processes_match_one(tmp_path):
     assert rank0.keys() == rank1.keys() == single.keys()
     for k in rank0:
         assert torch.equal(rank0[k], rank1[k]), f"ranks disagree on {k}"
-        # Adam divides by sqrt(v): where a gradient element is ~0, a 1e-7 difference in the
-        # order of the float sums (DDP's all-reduce vs one batch mean) can move that element by
-        # up to a fraction of lr (1e-2 here). 1e-4 is 1% of one step; a missing all-reduce
-        # leaves the ranks apart by whole steps.
-        torch.testing.assert_close(rank0[k], single[k], rtol=0, atol=1e-4, msg=k)
+    # Adam divides by sqrt(v): where a gradient element is ~0, a 1e-7 difference in the order of
+    # the float sums (DDP's all-reduce vs one batch mean) can move that one element by a fraction
+    # of lr (1e-2 here), and which elements do so shifts with any change to the float ops. So:
+    # nearly every element within 1% of one step, none beyond 20% of one. Training each rank on
+    # its own sample instead moves most elements by whole steps.
+    diff = torch.cat([(rank0[k] - single[k]).abs().flatten() for k in rank0])
+    assert (diff > 1e-4).float().mean() < 1e-3, f"{int((diff > 1e-4).sum())} of {diff.numel()}"
+    assert diff.max() < 2e-3
     curves = [[(r["loss"], r["grad_norm"]) for r in map(json.loads, (d / "run" / "metrics.jsonl")
                .read_text().splitlines()) if r["split"] == "train"] for d in (two, one)]
     assert len(curves[0]) == 3

@@ -8,6 +8,7 @@ N processes on a global batch match one process on the same batch.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import random
 import time
@@ -70,6 +71,10 @@ class RewardTrainer:
             raise ValueError(f"reward {type(reward).__name__} is not differentiable, so reward-"
                              "gradient training cannot use it; evaluate with only_val=True")
         self.cfg, self.backbone, self.reward, self.prompts = cfg, backbone, reward, prompts
+        scheduler = backbone.make_scheduler()
+        if cfg.eta > 0 and "eta" not in inspect.signature(scheduler.step).parameters:
+            raise ValueError(f"eta={cfg.eta} needs a DDIM scheduler; {type(scheduler).__name__} "
+                             "has no eta. Set eta=0 or backbone.scheduler=ddim")
         self.dead_steps = dead_steps(backbone.make_scheduler, cfg.num_inference_steps)
         if (cfg.backprop_mode == "specific" and not cfg.only_val
                 and set(range(cfg.backprop_step, cfg.num_inference_steps)) <= self.dead_steps):
