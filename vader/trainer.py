@@ -70,6 +70,9 @@ class RewardTrainer:
         if not reward.differentiable and not cfg.only_val:
             raise ValueError(f"reward {type(reward).__name__} is not differentiable, so reward-"
                              "gradient training cannot use it; evaluate with only_val=True")
+        if hasattr(reward, "loss") and (cfg.loss.target is not None or cfg.loss.grad_scale != 1):
+            raise ValueError(f"{type(reward).__name__} shapes its own loss per part; set target and "
+                             "grad_scale in reward_fn.parts.<name> instead of loss.target/loss.grad_scale")
         self.cfg, self.backbone, self.reward, self.prompts = cfg, backbone, reward, prompts
         scheduler = backbone.make_scheduler()
         if cfg.eta > 0 and "eta" not in inspect.signature(scheduler.step).parameters:
@@ -168,7 +171,11 @@ class RewardTrainer:
                         self.reward.frames, cfg.num_frames, rng))
                     values, info = self.reward(frames, prompts)
                     infos.append({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
-                    loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
+                    if hasattr(self.reward, "loss"):  # a reward with its own shaping (composite)
+                        loss = self.reward.loss(values, info).mean()
+                    else:
+                        loss = reward_loss(values.float(), cfg.loss.target,
+                                           cfg.loss.grad_scale).mean()
                 acc.backward(loss)
                 if acc.sync_gradients:
                     if cfg.max_grad_norm > 0:

@@ -1,0 +1,71 @@
+"""A weighted sum of rewards, each with its own frames and loss shaping, every part logged.
+
+    reward_fn=composite                          # conf/reward_fn/composite.yaml: an example
+    value  = sum_i weight_i * r_i                (what is logged as the reward)
+    loss   = sum_i weight_i * shape_i(r_i)       shape: -grad_scale * r (target null), or
+                                                 grad_scale * |r - target| (VADER's aesthetic loss)
+
+Decoding is the expensive part of a reward step, so the composite asks the trainer for the
+frames its parts ask for when they all agree, and for all frames otherwise; each part then picks
+its own frames ("random": one per video; n: every n-th) from what was decoded.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from rewards import check_frames
+from vader.frames import check_frames as check_frame_spec
+from vader.loss import reward_loss
+
+
+class Composite:
+    differentiable = True
+
+    def __init__(self, parts: dict[str, dict[str, Any]], seed: int = 0) -> None:
+        if not parts:
+            raise ValueError("reward_fn.parts is empty: give at least one part with a `reward`")
+        self.parts = {}
+        for name, part in dict(parts).items():
+            part = dict(part)
+            unknown = set(part) - {"reward", "weight", "target", "grad_scale"}
+            if "reward" not in part or unknown:
+                raise ValueError(f"reward_fn.parts.{name} needs `reward` and may have weight, "
+                                 f"target, grad_scale; got {sorted(part)}")
+            reward = part["reward"]
+            if not getattr(reward, "differentiable", False):
+                raise ValueError(f"reward_fn.parts.{name} ({type(reward).__name__}) is not "
+                                 "differentiable, so it cannot be part of a training reward")
+            check_frame_spec(reward.frames, 1)
+            self.parts[name] = (reward, float(part.get("weight", 1.0)), part.get("target"),
+                                float(part.get("grad_scale", 1.0)))
+        specs = {reward.frames for reward, *_ in self.parts.values()}
+        self.frames = specs.pop() if len(specs) == 1 else "all"
+        self._rng = random.Random(seed)  # picks "random" frames for parts when all are decoded
+
+    def _frames_for(self, spec: str | int, frames: torch.Tensor) -> torch.Tensor:
+        if self.frames != "all" or spec == "all":
+            return frames
+        if spec == "random":
+            return frames[:, self._rng.randrange(frames.shape[1])].unsqueeze(1)
+        return frames[:, ::int(spec)]
+
+    def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+        check_frames(frames, prompts)
+        total, info, values = 0.0, {}, {}
+        for name, (reward, weight, _, _) in self.parts.items():
+            value, part_info = reward(self._frames_for(reward.frames, frames), prompts)
+            values[name] = value
+            total = total + weight * value.float()
+            info[name] = value.detach().float().mean().item()
+            info.update({f"{name}/{k}": v for k, v in part_info.items()
+                         if isinstance(v, (int, float))})
+        info["parts"] = values  # tensors, for `loss`; the trainer logs only the numbers
+        return total, info
+
+    def loss(self, rewards: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+        """Per-video loss (B,): each part shaped by its own target and grad_scale, weighted."""
+        return sum(weight * reward_loss(info["parts"][name].float(), target, grad_scale)
+                   for name, (_, weight, target, grad_scale) in self.parts.items())
