@@ -21,17 +21,26 @@ def flatten_frames(frames: torch.Tensor) -> torch.Tensor:
 
 def resize_crop_normalize(images: torch.Tensor, size: int, crop: int | None,
                           mean: tuple[float, ...], std: tuple[float, ...],
-                          mode: str = "bicubic") -> torch.Tensor:
+                          mode: str = "bicubic", crop_rounding: str = "floor") -> torch.Tensor:
     """images (N, 3, H, W) in [0, 1] -> the model's input: the shorter side resized to `size`
-    (antialiased), a centred `crop` x `crop` square (None: no crop), then (x - mean) / std."""
+    (antialiased), a centred `crop` x `crop` square (None: no crop), then (x - mean) / std.
+
+    Both reference libraries truncate the longer side (`int(size * long / short)`); they differ
+    in where a centred crop starts when the margin is odd: transformers' processors floor it
+    (`crop_rounding="floor"`), torchvision / open_clip round it (`"round"`)."""
     h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    if h <= w:
+        new_h, new_w = size, int(size * w / h)
+    else:
+        new_h, new_w = int(size * h / w), size
     if (new_h, new_w) != (h, w):
         images = F.interpolate(images, size=(new_h, new_w), mode=mode, align_corners=False,
                                antialias=mode in ("bilinear", "bicubic"))
     if crop is not None:
-        top, left = (new_h - crop) // 2, (new_w - crop) // 2
+        if crop_rounding not in ("floor", "round"):
+            raise ValueError(f"crop_rounding={crop_rounding!r}: use 'floor' or 'round'")
+        start = (lambda m: m // 2) if crop_rounding == "floor" else (lambda m: int(round(m / 2)))
+        top, left = start(new_h - crop), start(new_w - crop)
         images = images[..., top:top + crop, left:left + crop]
     mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
