@@ -111,7 +111,8 @@ def load_part(cls: Any, source: Source, dtype: torch.dtype | None = None, **kwar
         kwargs["dtype" if cls.__module__.startswith("transformers") else "torch_dtype"] = dtype
     location = str(Path(source.location).expanduser()) if source.is_local() else source.location
     try:
-        return cls.from_pretrained(location, subfolder=source.subfolder,
+        # subfolder "" rather than None: transformers 5 joins paths with it.
+        return cls.from_pretrained(location, subfolder=source.subfolder or "",
                                    revision=source.revision, **kwargs)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"{source.key}={source.location!r}: could not load "
