@@ -89,6 +89,19 @@ def resize_to(images: torch.Tensor, height: int, width: int, mode: str) -> torch
                          antialias=mode in ("bilinear", "bicubic"))
 
 
+def clip_pixels(model: torch.nn.Module, frames: torch.Tensor, num_frames: int,
+                settings: dict[str, Any]) -> torch.Tensor:
+    """(B, T, 3, H, W) in [0, 1] -> (B, num_frames, 3, h, w) pixel values for a video model, in
+    the model's dtype and on the frames' device (the model follows the frames there: the trainer
+    moves only the backbone)."""
+    param = next(model.parameters())
+    if param.device != frames.device:
+        model.to(frames.device)
+    clip = sample_clip(frames, num_frames)  # (B, n, 3, H, W)
+    pixels = videomae_preprocess(flatten_frames(clip).float(), settings)
+    return pixels.view(clip.shape[0], num_frames, *pixels.shape[1:]).to(param.dtype)
+
+
 def videomae_preprocess(images: torch.Tensor, settings: dict[str, Any]) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] -> pixel values as VideoMAEImageProcessor makes them: shorter side
     to `size` (None: no resize), centre crop, normalise."""
@@ -170,12 +183,7 @@ class ActionPrediction:
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)
         targets = torch.tensor(self.targets(prompts), device=frames.device)
-        param = next(self.model.parameters())
-        if param.device != frames.device:
-            self.model.to(frames.device)
-        clip = sample_clip(frames, self.num_frames)  # (B, n, 3, H, W)
-        pixels = videomae_preprocess(flatten_frames(clip).float(), self.settings)
-        pixels = pixels.view(clip.shape[0], self.num_frames, *pixels.shape[1:])
-        logits = self.model(pixel_values=pixels.to(param.dtype)).logits.float()
+        pixels = clip_pixels(self.model, frames, self.num_frames, self.settings)
+        logits = self.model(pixel_values=pixels).logits.float()
         probs = logits.softmax(dim=-1).gather(1, targets.view(-1, 1)).squeeze(1)
         return probs.to(frames.dtype), {"actpred_prob_mean": probs.detach().mean().item()}

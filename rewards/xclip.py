@@ -12,9 +12,8 @@ import torch
 
 from backbones.loading import Source, check_source, load_part
 from rewards import check_frames
-from rewards.actpred import (check_frames_option, load_cached, read_json, sample_clip,
-                             videomae_preprocess, videomae_settings)
-from rewards.common import flatten_frames
+from rewards.actpred import (check_frames_option, clip_pixels, load_cached, read_json,
+                             videomae_settings)
 
 
 class XCLIPScore:
@@ -46,16 +45,11 @@ class XCLIPScore:
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)
-        param = next(self.model.parameters())
-        if param.device != frames.device:
-            self.model.to(frames.device)
-        clip = sample_clip(frames, self.num_frames)  # (B, n, 3, H, W)
-        pixels = videomae_preprocess(flatten_frames(clip).float(), self.settings)
-        pixels = pixels.view(clip.shape[0], self.num_frames, *pixels.shape[1:])
+        pixels = clip_pixels(self.model, frames, self.num_frames, self.settings)
         text = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt",
                               max_length=self.tokenizer.model_max_length).to(frames.device)
         out = self.model(input_ids=text.input_ids, attention_mask=text.attention_mask,
-                         pixel_values=pixels.to(param.dtype))
+                         pixel_values=pixels)
         # logits_per_video[b, k] = scale * cos(video b, text k as conditioned on video b).
         cosine = out.logits_per_video.float().diagonal() / self.model.logit_scale.float().exp()
         return cosine.to(frames.dtype), {"xclip_cosine_mean": cosine.detach().mean().item()}
