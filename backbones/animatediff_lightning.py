@@ -12,7 +12,7 @@ from diffusers import MotionAdapter
 from safetensors.torch import load_file
 
 from backbones.animatediff import motion_backbone
-from backbones.loading import Source, check_source
+from backbones.loading import Source, fetch_file
 from backbones.video_unet import VideoUNetBackbone
 
 STEPS = (1, 2, 4, 8)
@@ -27,10 +27,7 @@ def lightning_file(steps: int) -> str:
 
 
 def load_adapter(source: Source, adapter_config: dict[str, Any] | None) -> MotionAdapter:
-    path = check_source(source)
-    if path.startswith("hub:"):
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(source.location, source.filename, revision=source.revision)
+    path = fetch_file(source)
     adapter = MotionAdapter(**dict(adapter_config or {}))
     missing, unexpected = adapter.load_state_dict(load_file(path), strict=False)
     if missing or unexpected:

@@ -97,6 +97,16 @@ def check_source(source: Source) -> str:
     return f"hub:{source.location}/{source.relative}"
 
 
+def fetch_file(source: Source) -> str:
+    """Local path of one file: checked as `check_source` does, then downloaded into the hub
+    cache if it is only on the hub."""
+    path = check_source(source)
+    if path.startswith("hub:"):
+        from huggingface_hub import hf_hub_download
+        path = hf_hub_download(source.location, source.relative, revision=source.revision)
+    return path
+
+
 def check_sources(sources: list[Source]) -> None:
     """Check every source before anything is loaded, so a typo in the third part does not
     surface after minutes spent loading the first two."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from backbones.loading import Source, check_source, load_part, parse_dtype
+from backbones.loading import Source, check_source, fetch_file, load_part, parse_dtype
 from rewards import check_frames
 from rewards.common import flatten_frames, resize_crop_normalize
 
@@ -34,11 +34,7 @@ def check_frames_option(frames: str | int) -> None:
 
 def read_json(source: Source) -> dict[str, Any]:
     """A small JSON file of a checked source (local folder, hub cache, or downloaded)."""
-    path = check_source(source)
-    if path.startswith("hub:"):
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(source.location, source.relative, revision=source.revision)
-    with open(path) as f:
+    with open(fetch_file(source)) as f:
         return json.load(f)
 
 
@@ -47,8 +43,7 @@ def load_cached(cls: Any, key: str, location: str, dtype: str, **kwargs: Any) ->
     torch_dtype = parse_dtype(dtype, "reward_fn.dtype")
     cache_key = (cls.__name__, location, dtype)
     if cache_key not in _CACHE:
-        # subfolder "" not None: transformers' from_pretrained fails on subfolder=None.
-        model = load_part(cls, Source(key, location, "config.json", ""), torch_dtype, **kwargs)
+        model = load_part(cls, Source(key, location, "config.json"), torch_dtype, **kwargs)
         model.requires_grad_(False).eval()
         _CACHE[cache_key] = model
     return _CACHE[cache_key]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backbones.loading import Source, check_source
+from backbones.loading import Source, fetch_file
 from rewards import check_frames
 from rewards.clip_hf import image_features, load_clip, normalize
 from rewards.common import aggregate, check_aggregation
@@ -42,10 +42,7 @@ def load_head(head_repo: str, head_file: str, width: int) -> AestheticMLP:
     """The head in `head_file` of `head_repo` (hub id or folder), checked against the published
     key layout and the CLIP embedding width `width`."""
     source = Source("reward_fn.head_repo", head_repo, head_file, weights=False)
-    path = check_source(source)
-    if path.startswith("hub:"):
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(head_repo, head_file)
+    path = fetch_file(source)
     where = f"reward_fn.head_repo={head_repo!r}, head_file={head_file!r}"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from backbones.loading import Source, check_source, load_part, parse_dtype
+from backbones.loading import Source, check_source, fetch_file, load_part, parse_dtype
 from rewards.common import flatten_frames, resize_crop_normalize
 
 RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL resample codes -> torch interpolate modes
@@ -76,11 +76,8 @@ def read_image_settings(location: str, key: str) -> ImageSettings:
     """The settings in `location`'s preprocessor_config.json (folder, or hub id in the cache /
     downloadable). Raises FileNotFoundError naming `key` when it cannot be had."""
     source = Source(key, location, "preprocessor_config.json", weights=False)
-    path = check_source(source)
-    if path.startswith("hub:"):
-        from huggingface_hub import hf_hub_download
-        path = hf_hub_download(location, "preprocessor_config.json")
-    return parse_image_settings(json.loads(Path(path).read_text()), f"{key}={location!r}")
+    return parse_image_settings(json.loads(Path(fetch_file(source)).read_text()),
+                                f"{key}={location!r}")
 
 
 @dataclass
@@ -126,9 +123,8 @@ def load_clip(pretrained: str, processor: str | None, dtype: str, pretrained_key
     key = (_canonical(pretrained), _canonical(processor), dtype)
     if key in _CACHE:
         return _CACHE[key]
-    # subfolder "" not None: transformers 5's from_pretrained joins paths with the subfolder.
-    model_source = Source(pretrained_key, pretrained, "config.json", "")
-    tokenizer_source = Source(processor_key, processor, "tokenizer_config.json", "", weights=False)
+    model_source = Source(pretrained_key, pretrained, "config.json")
+    tokenizer_source = Source(processor_key, processor, "tokenizer_config.json", weights=False)
     check_source(model_source)
     check_source(tokenizer_source)
     image = read_image_settings(processor, processor_key)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from backbones.loading import Source, check_source, parse_dtype
+from backbones.loading import Source, fetch_file, parse_dtype
 from rewards import check_frames
 from rewards.common import aggregate, check_aggregation, flatten_frames, resize_crop_normalize
 
@@ -71,10 +71,7 @@ class HPS:
         self.aggregation = aggregation
         self.dtype = parse_dtype(dtype, "reward_fn.dtype")
         source = Source("reward_fn.pretrained", pretrained, FILES[version], weights=False)
-        path = check_source(source)  # FileNotFoundError naming the key before anything loads
-        if path.startswith("hub:"):  # online and not cached yet
-            from huggingface_hub import hf_hub_download
-            path = hf_hub_download(pretrained, FILES[version])
+        path = fetch_file(source)  # FileNotFoundError naming the key before anything loads
         key = (str(Path(path).resolve()), model_name, self.dtype)
         if key not in _CACHE:
             _CACHE[key] = _load(path, model_name, self.dtype)
