@@ -174,3 +174,11 @@ def text_features(clip: Clip, prompts: list[str], device: torch.device) -> torch
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
+
+
+def frame_text_cosine(clip: Clip, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Cosine of each frame's image embedding with its video's prompt embedding: (B, T),
+    float32, differentiable in `frames`."""
+    images = normalize(image_features(clip, frames)).view(*frames.shape[:2], -1)
+    texts = normalize(text_features(clip, prompts, frames.device))
+    return (images * texts.unsqueeze(1)).sum(dim=-1)

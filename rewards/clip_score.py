@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames
-from rewards.clip_hf import image_features, load_clip, normalize, text_features
+from rewards.clip_hf import frame_text_cosine, load_clip
 from rewards.common import aggregate, check_aggregation
 
 
@@ -54,10 +54,7 @@ class ClipScore:
     def per_frame(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """(B, T, 3, H, W) -> similarities (B, T') over the scored frames, float32."""
         index = spread_indices(frames.shape[1], self.num_frames_scored).to(frames.device)
-        chosen = frames.index_select(1, index)
-        images = normalize(image_features(self.clip, chosen)).view(*chosen.shape[:2], -1)
-        texts = normalize(text_features(self.clip, prompts, frames.device))
-        similarity = (images * texts.unsqueeze(1)).sum(dim=-1)
+        similarity = frame_text_cosine(self.clip, frames.index_select(1, index), prompts)
         if self.logit_scale:
             similarity = similarity * self.clip.model.logit_scale.float().exp()
         return similarity

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames
-from rewards.clip_hf import image_features, load_clip, normalize, text_features
+from rewards.clip_hf import frame_text_cosine, load_clip
 from rewards.common import aggregate, check_aggregation
 
 
@@ -34,10 +34,8 @@ class PickScore:
 
     def per_frame(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """(B, T, 3, H, W) -> PickScores (B, T), float32."""
-        images = normalize(image_features(self.clip, frames)).view(*frames.shape[:2], -1)
-        texts = normalize(text_features(self.clip, prompts, frames.device))
         scale = self.clip.model.logit_scale.float().exp()
-        return scale * (images * texts.unsqueeze(1)).sum(dim=-1)
+        return scale * frame_text_cosine(self.clip, frames, prompts)
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)
