@@ -22,12 +22,17 @@ register_configs()
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
     set_seed(cfg.seed)  # LoRA initialisation draws from the global generator
-    trainer = build_trainer(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    trainer = build_trainer(cfg, hydra_cfg.runtime.output_dir,
+                            reward_name=hydra_cfg.runtime.choices["reward_fn"])
     if trainer.is_main:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         # An evaluation must not overwrite the config of the training run it evaluates.
-        name = "only_val_config.yaml" if cfg.only_val else "config.yaml"
-        (trainer.run_dir / name).write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        prefix = "only_val_" if cfg.only_val else ""
+        (trainer.run_dir / f"{prefix}config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        # The command-line overrides, for `python -m vader.sweep` to tabulate a sweep by.
+        overrides = OmegaConf.create(list(hydra_cfg.overrides.task))
+        (trainer.run_dir / f"{prefix}overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
     trainer.setup()
     return trainer.only_val() if trainer.cfg.only_val else trainer.train()
 

@@ -182,3 +182,14 @@ def frame_text_cosine(clip: Clip, frames: torch.Tensor, prompts: list[str]) -> t
     images = normalize(image_features(clip, frames)).view(*frames.shape[:2], -1)
     texts = normalize(text_features(clip, prompts, frames.device))
     return (images * texts.unsqueeze(1)).sum(dim=-1)
+
+
+def video_embedder(pretrained: str, dtype: str = "fp32"):
+    """A video embedding for evaluation's diversity measure: the mean of the CLIP model's
+    L2-normalised frame embeddings, `(B, T, C, H, W)` -> `(B, D)`."""
+    clip = load_clip(pretrained, None, dtype, "eval_embedding", "eval_embedding", "eval_embedding")
+
+    def embed(frames: torch.Tensor) -> torch.Tensor:
+        return normalize(image_features(clip, frames)).view(*frames.shape[:2], -1).mean(1)
+
+    return embed

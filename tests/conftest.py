@@ -70,3 +70,42 @@ def backbone_overrides(name: str, folders: dict[str, Path]) -> list[str]:
                        for k, v in ADAPTER_CONFIG.items())
     return [*common, f"backbone.lightning={folders['lightning']}", "backbone.steps=4",
             f"backbone.adapter_config={{{adapter}}}"]
+
+
+# --- headless Chromium, for the HTML gallery (tests/test_gallery.py, tests/test_evaluation.py) ---
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def require_chromium(binaries=(CHROMIUM, CHROMEDRIVER)) -> None:
+    missing = [str(p) for p in binaries if not p.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install Debian's chromium and chromium-driver "
+                    "(apt-get install -y --no-install-recommends chromium chromium-driver, as .ci/run does)")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    require_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)  # with the Service path: Selenium Manager fetches nothing
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--disable-quic", "--window-size=1280,1600",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def severe(driver) -> list[dict]:
+    entries = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    for entry in entries:
+        print("browser console:", entry)
+    return entries

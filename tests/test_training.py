@@ -2,6 +2,7 @@
 final evaluation, and the default job improves the held-out reward."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -43,10 +44,17 @@ def test_outputs_written(make_trainer, tmp_path):
     assert [r["step"] for r in train] == [1, 2]
     for key in ("loss", "reward", "grad_norm", "lr", "seconds"):
         assert all(isinstance(r[key], float) for r in train), key
-    assert len(list((run / "eval" / "step_000002").glob("*.gif"))) == 4  # 4 prompts x 1 seed
-    assert (run / "rewards.png").stat().st_size > 0
-    assert result["step"] == 2 and result["after"] == pytest.approx(
-        json.loads((run / "eval" / "step_000002" / "rewards.json").read_text())["mean_reward"])
+    for model in ("base", "tuned"):  # 4 prompts x 1 seed, each as gif and mp4
+        assert len(list((run / "eval" / "videos" / model).glob("*.gif"))) == 4
+        assert len(list((run / "eval" / "videos" / model).glob("*.mp4"))) == 4
+    for plot in ("reward_over_steps.png", "base_vs_tuned.png"):
+        assert (run / "eval" / "plots" / plot).stat().st_size > 0
+    assert (run / "eval" / "index.html").is_file()
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    tuned = summary["per_model"]["tuned"]["reward/colorfulness"]["mean"]
+    assert result["step"] == 2 and result["after"] == pytest.approx(tuned)
+    assert [r for r in lines if r["split"] == "val"] == [
+        {"split": "val", "step": 2, "val_reward": pytest.approx(tuned)}]
 
 
 class Interrupt(Exception):
@@ -87,25 +95,36 @@ def test_resume_matches_uninterrupted(make_trainer, tmp_path, monkeypatch, mode)
     assert any(not torch.equal(got[k], interrupted.backbone.lora_state_dict()[k]) for k in got)
 
 
+def read_metrics(folder):
+    with open(folder / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def test_only_val_reproduces_final_evaluation(make_trainer, tmp_path):
     trainer = make_trainer()
     trainer.setup()
     trainer.train()
-    final = json.loads((tmp_path / "run" / "eval" / "step_000002" / "rewards.json").read_text())
+    final = read_metrics(tmp_path / "run" / "eval")
     ckpt = tmp_path / "run" / "checkpoints" / "step_000002"
     evaluator = make_trainer("only_val=true", f"lora_path={ckpt}", run_dir=tmp_path / "eval")
     evaluator.setup()
-    summary = evaluator.only_val()
-    assert [(i["prompt"], i["seed"]) for i in summary["items"]] == \
-        [(i["prompt"], i["seed"]) for i in final["items"]]
-    for a, b in zip(summary["items"], final["items"]):
-        assert a["reward"] == pytest.approx(b["reward"], abs=1e-6)
-    written = json.loads((tmp_path / "eval" / "only_val" / "step_000002" / "rewards.json").read_text())
-    assert written["mean_reward"] == pytest.approx(final["mean_reward"], abs=1e-6)
-    # and the base model, with LoRA weights absent, scores differently: the LoRA was really loaded
+    evaluator.only_val()
+    again = read_metrics(tmp_path / "eval" / "only_val" / "step_000002")
+    assert [(r["prompt"], r["seed"], r["model"]) for r in again] == \
+        [(r["prompt"], r["seed"], r["model"]) for r in final]
+    for a, b in zip(again, final):
+        assert float(a["reward/colorfulness"]) == pytest.approx(float(b["reward/colorfulness"]), abs=1e-6)
+    # The base model alone: its rows equal the base rows of the paired evaluation, and the
+    # tuned rows differ from them, so the LoRA was really loaded.
     base = make_trainer("only_val=true", run_dir=tmp_path / "base")
     base.setup()
-    assert base.only_val()["mean_reward"] != pytest.approx(final["mean_reward"], abs=1e-6)
+    summary = base.only_val()
+    assert summary["models"] == ["base"] and summary["comparison"] == {}
+    alone = read_metrics(tmp_path / "base" / "only_val" / "base")
+    assert [r["reward/colorfulness"] for r in alone] == \
+        [r["reward/colorfulness"] for r in final if r["model"] == "base"]
+    assert all(a["reward/colorfulness"] != b["reward/colorfulness"]
+               for a, b in zip(final[::2], final[1::2]))
 
 
 @pytest.mark.slow
@@ -116,8 +135,10 @@ def test_default_job_improves_held_out_reward(tmp_path):
         cwd=ROOT,
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    before = float(proc.stdout.split("held-out reward before training:")[1].split()[0])
-    after = float(proc.stdout.split("held-out reward after training:")[1].split()[0])
+    line = proc.stdout.split("held-out colorfulness: base")[1].splitlines()[0]
+    before, after = float(line.split(",")[0]), float(line.split("tuned")[1].split(",")[0])
     assert after > before + 0.01, (before, after)
+    assert "(tuned)" in line, line  # the win-rate interval excludes a tie
     assert (tmp_path / "checkpoints" / "step_000040" / "pytorch_lora_weights.safetensors").is_file()
-    assert len(list((tmp_path / "eval" / "step_000040").glob("*.mp4"))) == 8
+    assert len(list((tmp_path / "eval" / "videos" / "tuned").glob("*.mp4"))) == 8
+    assert (tmp_path / "eval" / "index.html").is_file()

@@ -10,10 +10,14 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 @dataclass
@@ -61,6 +65,9 @@ class TrainConfig:
     logger: str = "none"
     video_format: str = "mp4"
     fps: int = 8
+    eval_rewards: list[str] = field(default_factory=list)
+    eval_reward_args: dict[str, Any] = field(default_factory=dict)
+    eval_embedding: str = "pixels"
     run_name: str = MISSING
 
 
@@ -113,19 +120,66 @@ def check_targets(cfg: DictConfig | ListConfig, path: str = "") -> None:
             check_targets(node, f"{path}.{key}" if path else str(key))
 
 
-def build_trainer(cfg: DictConfig, run_dir: str):
+def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None):
     """Check `cfg` completely, then build the objects it names into a RewardTrainer. Every check
-    that needs no model runs before anything is built or written."""
+    that needs no model runs before anything is built or written. `reward_name` is the
+    reward_fn option chosen (train.py passes Hydra's choice); by default the reward's module."""
     from vader.trainer import RewardTrainer, check_settings
 
     check_targets(cfg)
+    eval_cfgs = eval_reward_configs(list(cfg.eval_rewards), cfg.eval_reward_args)
     settings = OmegaConf.to_object(cfg)
     check_settings(settings)
     prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
     # The backbone checks that every model part can be had before loading any of them, and
     # comes before the reward so a wrong path fails before any reward model loads.
     backbone = build(cfg.backbone)
-    return RewardTrainer(settings, backbone, build(cfg.reward_fn), prompts, run_dir)
+    reward_name = reward_name or cfg.reward_fn._target_.split(".")[-2]
+    eval_rewards = {name: build(node) for name, node in eval_cfgs.items() if name != reward_name}
+    return RewardTrainer(settings, backbone, build(cfg.reward_fn), prompts, run_dir,
+                         reward_name=reward_name, eval_rewards=eval_rewards,
+                         embed=make_embedder(settings.eval_embedding))
+
+
+def eval_reward_configs(names: list[str], args: DictConfig | dict) -> dict[str, DictConfig]:
+    """The reward_fn options named by `eval_rewards`, composed from conf/reward_fn/ exactly as
+    `reward_fn=<name>` would be, with `eval_reward_args.<name>` merged in; checked, not built."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    unknown = set(args or {}) - set(names)
+    if unknown:
+        raise ValueError(f"eval_reward_args names {sorted(unknown)}, which are not in "
+                         f"eval_rewards={names}; add them to eval_rewards or remove the args")
+    options = sorted(p.stem for p in (CONF_DIR / "reward_fn").glob("*.yaml"))
+    for name in names:
+        if name not in options:
+            raise ValueError(f"eval_rewards: no reward_fn option {name!r}; choose from {options}")
+    if not names:
+        return {}
+
+    def one(name: str) -> DictConfig:
+        node = compose(config_name="train", overrides=[f"reward_fn={name}"]).reward_fn
+        OmegaConf.set_struct(node, False)  # unknown keys are check_targets' to report, by name
+        node = OmegaConf.merge(node, (args or {}).get(name) or {})
+        check_targets(node, f"eval_reward_args.{name}")
+        return node
+
+    if GlobalHydra.instance().is_initialized():  # inside train.py's @hydra.main
+        return {name: one(name) for name in names}
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return {name: one(name) for name in names}
+
+
+def make_embedder(name: str):
+    """The video embedding diversity is measured in: `pixels` (weight-free) or a CLIP model's
+    hub id or folder (mean of its normalised frame embeddings)."""
+    from vader.eval_stats import pixel_embedding
+
+    if name == "pixels":
+        return pixel_embedding
+    from rewards.clip_hf import video_embedder
+    return video_embedder(name)
 
 
 def build(node: DictConfig) -> Any:

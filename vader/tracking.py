@@ -48,8 +48,9 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def plot_rewards(records: list[dict[str, Any]], path: Path) -> Path | None:
-    """Training reward per step and held-out reward at each evaluation, as a PNG."""
+def plot_rewards(records: list[dict[str, Any]], path: Path, base: float | None = None) -> Path | None:
+    """Training reward per step and held-out reward at each evaluation, as a PNG; `base`, the
+    base model's held-out reward, as a dashed line to read the gain against."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -62,12 +63,15 @@ def plot_rewards(records: list[dict[str, Any]], path: Path) -> Path | None:
     if train:
         ax.plot(*zip(*train), label="train reward (batch mean)", alpha=0.7)
     if val:
-        ax.plot(*zip(*val), "o-", label="held-out reward (mean)")
+        ax.plot(*zip(*val), "o-", label="held-out reward, tuned (mean)")
+    if base is not None:
+        ax.axhline(base, color="grey", linestyle="--", label="held-out reward, base model")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reward")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from vader import checkpoint as ckpt
 from vader.config import TrainConfig
-from vader.evaluation import VideoSpec, evaluate
+from vader.eval_stats import pixel_embedding
+from vader.evaluation import Embedder, VideoSpec, evaluate, headline
 from vader.frames import check_frames, select_frames
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
@@ -63,7 +64,9 @@ class RewardTrainer:
     """setup -> train -> (evaluate, save_checkpoint). Built objects in, files in `run_dir` out."""
 
     def __init__(self, cfg: TrainConfig, backbone: Backbone, reward: Reward, prompts: PromptSource,
-                 run_dir: Path | str, accelerator: Accelerator | None = None):
+                 run_dir: Path | str, accelerator: Accelerator | None = None,
+                 reward_name: str = "reward", eval_rewards: dict[str, Reward] | None = None,
+                 embed: Embedder = pixel_embedding):
         check_settings(cfg)
         backbone.check_video(cfg.num_frames, cfg.height, cfg.width)
         check_frames(reward.frames, cfg.num_frames)
@@ -74,6 +77,10 @@ class RewardTrainer:
             raise ValueError(f"{type(reward).__name__} shapes its own loss per part; set target and "
                              "grad_scale in reward_fn.parts.<name> instead of loss.target/loss.grad_scale")
         self.cfg, self.backbone, self.reward, self.prompts = cfg, backbone, reward, prompts
+        # The training reward first: evaluation reports it, then the others (generalisation).
+        self.rewards = {reward_name: reward, **{k: v for k, v in (eval_rewards or {}).items()
+                                                 if k != reward_name}}
+        self.reward_name, self.embed = reward_name, embed
         scheduler = backbone.make_scheduler()
         if cfg.eta > 0 and "eta" not in inspect.signature(scheduler.step).parameters:
             raise ValueError(f"eta={cfg.eta} needs a DDIM scheduler; {type(scheduler).__name__} "
@@ -206,20 +213,43 @@ class RewardTrainer:
                 "seconds": time.perf_counter() - start,
                 **{f"reward_info/{k}": v for k, v in info.items()}}
 
-    def evaluate(self, out_dir: Path | None) -> dict:
+    def evaluate(self, out_dir: Path | None, models: tuple[str, ...] = ("base", "tuned"),
+                 rewards: dict[str, Reward] | None = None, gallery: bool = True,
+                 title: str = "", on_summary=None) -> dict:
         cfg = self.cfg
         seeds = [cfg.val_seed + i for i in range(cfg.num_val_seeds)]
         model = self.accelerator.unwrap_model(self.model)
-        return evaluate(self.backbone, model, self.reward, self.prompts.val, seeds, self.spec,
-                        self.accelerator, cfg.val_batch_size, out_dir, cfg.video_format, cfg.fps)
+        return evaluate(self.backbone, model, rewards or self.rewards, self.prompts.val, seeds,
+                        self.spec, self.accelerator, cfg.val_batch_size, out_dir, models,
+                        self.embed, cfg.fps, title=title, checkpoint=self._checkpoint_name(),
+                        gallery=gallery, on_summary=on_summary)
 
-    def _evaluate_and_log(self) -> dict:
-        name = ckpt.step_dir_name(self.step)
-        summary = self.evaluate(self.run_dir / "eval" / name)
-        record = {"split": "val", "step": self.step, "val_reward": summary["mean_reward"]}
-        self.metrics.write(record)
-        self.accelerator.log({"val/reward": summary["mean_reward"]}, step=self.step)
-        return summary
+    def _checkpoint_name(self) -> str | None:
+        if self.cfg.only_val:
+            return str(self.cfg.lora_path) if self.cfg.lora_path else None
+        return ckpt.step_dir_name(self.step)
+
+    def _log_val(self, summary: dict) -> None:
+        value = summary["per_model"]["tuned"][f"reward/{self.reward_name}"]["mean"]
+        self.metrics.write({"split": "val", "step": self.step, "val_reward": value})
+        self.accelerator.log({"val/reward": value}, step=self.step)
+
+    def _periodic_evaluation(self) -> None:
+        """The tuned model on the training reward only: a cheap point on the reward curve."""
+        self.evaluate(self.run_dir / "eval" / ckpt.step_dir_name(self.step), models=("tuned",),
+                      rewards={self.reward_name: self.reward}, gallery=False,
+                      on_summary=self._log_val)
+
+    def final_evaluation(self) -> dict:
+        """Base against tuned on every evaluation reward, written to eval/ with the gallery."""
+        def log(summary: dict) -> None:
+            self._log_val(summary)
+            if self.is_main:
+                plot_rewards(self.metrics.read(),
+                             self.run_dir / "eval" / "plots" / "reward_over_steps.png",
+                             base=summary["per_model"]["base"][f"reward/{self.reward_name}"]["mean"])
+        title = f"{self.run_dir.name}: trained on {self.reward_name}, step {self.step}"
+        return self.evaluate(self.run_dir / "eval", title=title, on_summary=log)
 
     def save_checkpoint(self) -> Path | None:
         self.accelerator.wait_for_everyone()
@@ -235,10 +265,10 @@ class RewardTrainer:
         return folder
 
     def train(self) -> dict:
-        """Evaluate, train to `num_steps` (checkpointing and evaluating on the way), evaluate.
-        Returns {"before": mean held-out reward at the start of this run, "after": at the end}."""
+        """Train to `num_steps` (checkpointing and evaluating on the way), then compare the tuned
+        model with its base on held-out prompts. Returns {"before": the base model's mean held-out
+        reward, "after": the tuned model's, "step", "summary"}."""
         cfg, acc = self.cfg, self.accelerator
-        before = self._evaluate_and_log()["mean_reward"] if self.step < cfg.num_steps else None
         bar = tqdm(total=cfg.num_steps, initial=self.step, disable=not self.is_main,
                    desc="training", dynamic_ncols=True)
         while self.step < cfg.num_steps:
@@ -250,21 +280,26 @@ class RewardTrainer:
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps:
                 self.save_checkpoint()
             if self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
-                self._evaluate_and_log()
+                self._periodic_evaluation()
         bar.close()
-        after = self._evaluate_and_log()["mean_reward"]
+        summary = self.final_evaluation()
         if self.is_main:
-            plot_rewards(self.metrics.read(), self.run_dir / "rewards.png")
-            if before is not None:
-                print(f"held-out reward before training: {before:.4f}")
-            print(f"held-out reward after training:  {after:.4f}")
+            print(headline(summary))
+            print(f"gallery: {self.run_dir / 'eval' / 'index.html'}")
         acc.end_training()
-        return {"before": before, "after": after, "step": self.step}
+        key = f"reward/{self.reward_name}"
+        return {"before": summary["per_model"]["base"][key]["mean"],
+                "after": summary["per_model"]["tuned"][key]["mean"], "step": self.step,
+                "summary": summary}
 
     def only_val(self) -> dict:
-        """Evaluate the LoRA at `lora_path` (or the base model) and write it under only_val/."""
+        """Evaluate the LoRA at `lora_path` against its base (or the base model alone) and write
+        the report under only_val/<checkpoint>/."""
         name = Path(self.cfg.lora_path).name if self.cfg.lora_path else "base"
-        summary = self.evaluate(self.run_dir / "only_val" / name)
+        models = ("base", "tuned") if self.cfg.lora_path else ("base",)
+        summary = self.evaluate(self.run_dir / "only_val" / name, models=models,
+                                title=f"{self.run_dir.name}: {name}")
         if self.is_main:
-            print(f"held-out reward ({name}): {summary['mean_reward']:.4f}")
+            print(headline(summary))
+            print(f"gallery: {self.run_dir / 'only_val' / name / 'index.html'}")
         return summary
