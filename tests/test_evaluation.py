@@ -204,3 +204,24 @@ def test_sweep_summary_lists_every_run_of_a_2x2_sweep(tmp_path):
         assert int(row["steps"]) == 2
     markdown = (sweep / "sweep_summary.md").read_text()
     assert markdown in proc.stdout and markdown.count("\n|") >= 5
+
+
+def test_clip_embedding_for_diversity(make_trainer, tmp_path):
+    """eval_embedding=<CLIP folder>: mean normalised frame embedding; identical videos, zero
+    diversity; the run's summary uses it."""
+    from tests import tiny_clip
+    from vader.config import make_embedder
+    from vader.eval_stats import diversity
+
+    folder = tiny_clip.write_clip(tmp_path / "clip")
+    embed = make_embedder(str(folder))
+    video = torch.rand(1, 4, 3, 16, 16)
+    vectors = embed(torch.cat([video, video, torch.rand(1, 4, 3, 16, 16)]))
+    assert vectors.shape[0] == 3 and torch.allclose(vectors[0].norm(), torch.tensor(1.0), atol=0.2)
+    assert diversity(vectors[:2]) < 1e-12 and diversity(vectors) > 1e-6  # batch rounding only
+    trainer = make_trainer("num_val_seeds=2", f"eval_embedding={folder}")
+    trainer.setup()
+    summary = trainer.evaluate(None)
+    assert summary["per_model"]["base"]["diversity"] > 0
+    with pytest.raises(FileNotFoundError, match="eval_embedding"):
+        make_embedder(str(tmp_path / "missing"))
