@@ -77,7 +77,8 @@ def test_multirun_makes_one_complete_dir_per_job(tmp_path):
             for n in (p.name for p in runs)} == combos
     for run in runs:
         assert (run / "checkpoints" / "step_000001" / "pytorch_lora_weights.safetensors").is_file()
-        assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # val, train, val
+        assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # train, final val
+        assert (run / "overrides.yaml").is_file() and (run / "eval" / "summary.json").is_file()
         cfg = OmegaConf.load(run / "config.yaml")
         assert f"reward_fn={Path(cfg.reward_fn._target_).suffix[1:].lower()}," in run.name
         assert f"seed={cfg.seed}," in run.name
