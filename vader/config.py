@@ -59,7 +59,9 @@ class TrainConfig:
     num_val_seeds: int = 2
     val_seed: int = 1234
     checkpoint_every: int = 20
-    resume: bool = True
+    resume: str = "auto"
+    keep_checkpoints: int = 3
+    max_nonfinite_in_a_row: int = 5
     only_val: bool = False
     lora_path: str | None = None
     logger: str = "none"

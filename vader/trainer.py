@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 import random
+import signal
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from vader import checkpoint as ckpt
+from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
 from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
 from vader.evaluation import Embedder, VideoSpec, evaluate, headline
@@ -37,7 +39,7 @@ def check_settings(cfg: TrainConfig) -> None:
     check_logger(cfg.logger)
     positive = ("num_steps", "train_batch_size", "gradient_accumulation_steps", "val_batch_size",
                 "num_val_seeds", "num_frames", "height", "width", "fps", "val_every",
-                "checkpoint_every")
+                "checkpoint_every", "max_nonfinite_in_a_row")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
@@ -50,6 +52,23 @@ def check_settings(cfg: TrainConfig) -> None:
         raise ValueError("mixed_precision=fp16 needs a GPU; use mixed_precision=bf16 or no on a CPU")
     if cfg.lora_path is not None:
         ckpt.resolve_lora_path(cfg.lora_path)  # fails now, not after the models are loaded
+    if cfg.keep_checkpoints < 0:
+        raise ValueError(f"keep_checkpoints={cfg.keep_checkpoints}: use 0 (keep all) or a positive number")
+    if resume_mode(cfg.resume) == "path":
+        ckpt.resolve_lora_path(cfg.resume)
+
+
+def resume_mode(resume: str) -> str:
+    """`auto` (the run directory's latest complete checkpoint, if any), `never`, or `path`."""
+    value = str(resume)
+    if value.lower() in ("auto", "true"):
+        return "auto"
+    if value.lower() in ("never", "false", "no", "none"):
+        return "never"
+    if not Path(value).exists():
+        raise ValueError(f"resume={value!r}: use auto (the run directory's latest checkpoint), "
+                         "never (start over), or the path of a checkpoint folder")
+    return "path"
 
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
@@ -99,13 +118,15 @@ class RewardTrainer:
         self.spec = VideoSpec(cfg.num_frames, cfg.height, cfg.width, cfg.num_inference_steps,
                               cfg.guidance_scale, cfg.eta)
         self.step = 0
+        self.nonfinite = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
+        self.last_checkpoint: Path | None = None
 
     # --- setup -----------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         self.backbone.to(acc.device)
         if cfg.lora_path is not None:
-            self.backbone.load_lora_state_dict(ckpt.load_lora(cfg.lora_path))
+            self._load_lora(cfg.lora_path)
         module = self.backbone.trainable_module()
         self.params = [p for p in module.parameters() if p.requires_grad]
         if not self.params:
@@ -117,19 +138,31 @@ class RewardTrainer:
         # The sampler calls the module accelerate returns (DDP when several processes run), so
         # gradients are averaged across processes; calling the bare module would train N LoRAs.
         self.model, self.optimizer = acc.prepare(module, self.optimizer)
-        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if cfg.resume else None
-        if latest is not None and not cfg.only_val:
-            self._resume(latest)
+        mode = resume_mode(cfg.resume)
+        if mode == "path":
+            folder = ckpt.resolve_lora_path(cfg.resume).parent
+        else:
+            folder = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if mode == "auto" else None
+        if folder is not None and not cfg.only_val:
+            self._resume(folder)
         if cfg.logger != "none":
             acc.init_trackers("vader", config={k: v for k, v in vars(cfg).items()
                                                if isinstance(v, (int, float, str, bool))})
 
+    def _load_lora(self, path: Path | str) -> None:
+        file = ckpt.resolve_lora_path(path)
+        check_lora_fits(ckpt.read_lora_metadata(file), self.backbone.lora_metadata(),
+                        self.backbone.name, file)
+        self.backbone.load_lora_state_dict(ckpt.load_lora(file))
+
     def _resume(self, folder: Path) -> None:
-        self.backbone.load_lora_state_dict(ckpt.load_lora(folder))
-        state = ckpt.load_training_state(folder)
+        state = ckpt.load_training_state(folder)  # first: an unreadable state loads nothing
+        self._load_lora(folder)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
+        torch.set_rng_state(state["torch_rng"])
         self.step = state["step"]
+        self.last_checkpoint = folder
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
 
     # --- data: a pure function of (seed, step, micro-step, rank) ---------------------------
@@ -157,7 +190,7 @@ class RewardTrainer:
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         losses, rewards, infos = [], [], []
-        grad_norm = float("nan")
+        grad_norm, finite, skipped = float("nan"), True, False
         for micro in range(cfg.gradient_accumulation_steps):
             rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
             prompts, seeds = self.batch(self.step, micro)
@@ -184,17 +217,21 @@ class RewardTrainer:
                         loss = reward_loss(values.float(), cfg.loss.target,
                                            cfg.loss.grad_scale).mean()
                 acc.backward(loss)
+                finite = finite and bool(torch.isfinite(loss)) and bool(torch.isfinite(values).all())
                 if acc.sync_gradients:
-                    if cfg.max_grad_norm > 0:
-                        grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
-                    else:
-                        grad_norm = float(torch.norm(torch.stack(
-                            [p.grad.norm() for p in self.params if p.grad is not None])))
-                self.optimizer.step()
+                    skipped = self._non_finite_update(finite)
+                    if not skipped:
+                        if cfg.max_grad_norm > 0:
+                            grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
+                        else:
+                            grad_norm = float(torch.norm(torch.stack(
+                                [p.grad.norm() for p in self.params if p.grad is not None])))
+                        self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
             rewards.append(values.detach().float().mean())
-        self.lr_schedule.step()
+        if not skipped:
+            self.lr_schedule.step()
         # Averages over all processes, so the log shows the global batch: one all-reduce for
         # every logged number rather than one per number.
         keys = list(infos[0])
@@ -203,15 +240,22 @@ class RewardTrainer:
                                            device=acc.device).mean(0)])
         loss_mean, reward_mean, *info_means = acc.reduce(local, "mean").tolist()
         info = dict(zip(keys, info_means))
-        if not math.isfinite(loss_mean):
-            raise FloatingPointError(
-                f"loss became {loss_mean} at step {self.step}; the last checkpoint is intact. "
-                "Lower lr or loss.grad_scale, or keep max_grad_norm > 0")
         self.step += 1
+        self.nonfinite.record(skipped, self.step, "loss, reward or gradient", self.last_checkpoint)
         return {"split": "train", "step": self.step, "loss": loss_mean, "reward": reward_mean,
                 "grad_norm": grad_norm, "lr": self.lr_schedule.get_last_lr()[0],
-                "seconds": time.perf_counter() - start,
+                "seconds": time.perf_counter() - start, "skipped": skipped,
+                "nonfinite_updates": self.nonfinite.total,
                 **{f"reward_info/{k}": v for k, v in info.items()}}
+
+    def _non_finite_update(self, finite: bool) -> bool:
+        """Whether to skip this update: any process saw a non-finite loss or reward, or the
+        (already averaged) gradients hold one. Every process reaches the same answer, so they
+        skip together and their LoRAs stay identical."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        finite = finite and all(bool(torch.isfinite(g).all()) for g in grads)
+        bad = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(bad, "max").item() > 0)
 
     def evaluate(self, out_dir: Path | None, models: tuple[str, ...] = ("base", "tuned"),
                  rewards: dict[str, Reward] | None = None, gallery: bool = True,
@@ -252,16 +296,30 @@ class RewardTrainer:
         return self.evaluate(self.run_dir / "eval", title=title, on_summary=log)
 
     def save_checkpoint(self) -> Path | None:
-        self.accelerator.wait_for_everyone()
-        folder = None
+        """Write a resumable checkpoint (main process). A write that fails (a full disk) stops
+        every process with the main one's message; earlier checkpoints stay as they were."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        folder, error = None, None
         if self.is_main:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
                      "torch_rng": torch.get_rng_state()}
-            folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
-                                          self.backbone.lora_state_dict(), state,
-                                          self.backbone.lora_metadata())
-        self.accelerator.wait_for_everyone()
+            try:
+                folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
+                                              self.backbone.lora_state_dict(), state,
+                                              self.backbone.lora_metadata(),
+                                              keep=self.cfg.keep_checkpoints,
+                                              backbone=self.backbone.name)
+            except ckpt.CheckpointError as err:
+                error = err
+        failed = acc.reduce(torch.tensor([float(error is not None)], device=acc.device), "max")
+        if error is not None:
+            raise error
+        if failed.item() > 0:
+            raise ckpt.CheckpointError("the main process could not write the checkpoint; its "
+                                       "message says why")
+        self.last_checkpoint = folder or self.run_dir / "checkpoints" / ckpt.step_dir_name(self.step)
         return folder
 
     def train(self) -> dict:
@@ -271,16 +329,23 @@ class RewardTrainer:
         cfg, acc = self.cfg, self.accelerator
         bar = tqdm(total=cfg.num_steps, initial=self.step, disable=not self.is_main,
                    desc="training", dynamic_ncols=True)
-        while self.step < cfg.num_steps:
-            record = self.train_step()
-            self.metrics.write(record)
-            acc.log({k: v for k, v in record.items() if k not in ("split", "step")}, step=self.step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", reward=f"{record['reward']:.4f}")
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps:
-                self.save_checkpoint()
-            if self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
-                self._periodic_evaluation()
+        with StopSignals() as stop:
+            while self.step < cfg.num_steps:
+                record = self.train_step()
+                self.metrics.write(record)
+                acc.log({k: v for k, v in record.items() if k not in ("split", "step")},
+                        step=self.step)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", reward=f"{record['reward']:.4f}",
+                                skipped=self.nonfinite.total)
+                saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps
+                if saved:
+                    self.save_checkpoint()
+                if self._stop_requested(stop):
+                    bar.close()
+                    self._stop(stop.signum, saved)
+                if self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
+                    self._periodic_evaluation()
         bar.close()
         summary = self.final_evaluation()
         if self.is_main:
@@ -291,6 +356,24 @@ class RewardTrainer:
         return {"before": summary["per_model"]["base"][key]["mean"],
                 "after": summary["per_model"]["tuned"][key]["mean"], "step": self.step,
                 "summary": summary}
+
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        # Any process may be the one signalled; all of them must stop at the same step.
+        flag = torch.tensor([float(stop.signum or 0)], device=self.accelerator.device)
+        signum = int(self.accelerator.reduce(flag, "max").item())
+        stop.signum = signum or None
+        return bool(signum)
+
+    def _stop(self, signum: int, saved: bool) -> None:
+        if not saved:
+            self.save_checkpoint()
+        message = (f"stopped by {signal.Signals(signum).name} at step {self.step} of "
+                   f"{self.cfg.num_steps}; checkpoint saved in {self.last_checkpoint}. To resume, "
+                   "run the same command again (resume=auto continues from the latest checkpoint).")
+        if self.is_main:
+            print(message, file=sys.stderr, flush=True)
+        self.accelerator.end_training()
+        raise Interrupted(signum, message)
 
     def only_val(self) -> dict:
         """Evaluate the LoRA at `lora_path` against its base (or the base model alone) and write
