@@ -119,6 +119,10 @@ def load_part(cls: Any, source: Source, dtype: torch.dtype | None = None, **kwar
     if dtype is not None:
         # diffusers takes `torch_dtype`; transformers 5 renamed it `dtype`.
         kwargs["dtype" if cls.__module__.startswith("transformers") else "torch_dtype"] = dtype
+    if cls.__module__.startswith("transformers"):
+        # Every part is a concrete class, so no checkpoint's own code can run; saying so keeps it
+        # that way if a class here is ever swapped for an Auto class.
+        kwargs.setdefault("trust_remote_code", False)
     location = str(Path(source.location).expanduser()) if source.is_local() else source.location
     try:
         # subfolder "" rather than None: transformers 5 joins paths with it.

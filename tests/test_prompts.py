@@ -291,3 +291,14 @@ def test_yaml_matches_its_target_signature(yaml_path):
 def test_yaml_header_says_how_to_select_it(yaml_path):
     first = yaml_path.read_text().splitlines()[0]
     assert first.startswith("# ") and f"prompt_fn={yaml_path.stem}" in first
+
+
+def test_binary_or_folder_prompt_files_are_explained(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc\x80\n")
+    (tmp_path / "bin.csv").write_bytes(b"prompt\n\x81more\n")
+    with pytest.raises(ValueError, match=r"bin.txt' is not UTF-8 text \(byte 0xff at position 0\)"):
+        text_file(str(tmp_path / "bin.txt"))
+    with pytest.raises(ValueError, match=r"bin.csv' is not UTF-8 text \(byte 0x81"):
+        table(str(tmp_path / "bin.csv"))
+    with pytest.raises(FileNotFoundError, match=r"is a folder; give prompt_fn.path="):
+        text_file(str(tmp_path))

@@ -64,6 +64,7 @@ def test_sigkill_anywhere_leaves_a_loadable_latest_and_resumes_to_the_same_weigh
             time.sleep(rng.uniform(0, 1.5))
             proc.kill()
             proc.communicate()
+            assert proc.returncode == -signal.SIGKILL, "the run ended before the kill"
         else:
             killed = worker(run_dir, spec)
             assert killed.returncode == -signal.SIGKILL, (spec, killed.stderr[-3000:])
@@ -160,10 +161,14 @@ def test_nan_in_a_row_stops_with_a_clear_error(make_trainer, tmp_path):
     trainer = make_trainer(*RUN, "max_nonfinite_in_a_row=3", "keep_checkpoints=0")
     trainer.setup()
     poison(trainer, {2, 3, 4, 5})
-    with pytest.raises(FloatingPointError, match="3 updates in a row .*step_000002"):
+    # Steps 3 and 4 were skipped but saved (their weights are step 2's, finite); step 5 stops.
+    with pytest.raises(FloatingPointError, match=r"3 updates in a row \(steps 3 to 5\).*"
+                                                 r"step_000004, is intact and finite"):
         trainer.train()
     root = tmp_path / "run" / "checkpoints"
     assert all_finite(root) and ckpt.latest_checkpoint(root).name == "step_000004"
+    assert all(torch.equal(lora_of(root / "step_000002")[k], v)
+               for k, v in lora_of(root / "step_000004").items())
 
 
 def test_a_checkpoint_holding_nan_is_never_written(tmp_path):
@@ -203,7 +208,7 @@ def test_lora_of_another_rank_or_backbone_fails_by_name(make_trainer, tmp_path):
     # A bare file without our header (say from another tool) still fails by key, not by shape.
     bare = tmp_path / "bare.safetensors"
     save_file({k: v[:2].contiguous() for k, v in state.items()}, bare)
-    with pytest.raises(ValueError, match="has shape .* is lora_rank the same"):
+    with pytest.raises(ValueError, match=r"has shape .*\(is lora_rank the same"):
         make_trainer(f"lora_path={bare}", run_dir=tmp_path / "bare_run").setup()
 
 
@@ -259,7 +264,7 @@ def test_training_state_is_loaded_without_unpickling_code(tmp_path):
     folder = tmp_path / "step_000001"
     folder.mkdir()
     torch.save({"step": 1, "evil": Payload()}, folder / ckpt.STATE_FILE)
-    with pytest.raises(ckpt.CheckpointError, match="unreadable .*Weights only load failed"):
+    with pytest.raises(ckpt.CheckpointError, match="unreadable .*could run code"):
         ckpt.load_training_state(folder)
 
 
@@ -291,3 +296,54 @@ def test_prune_keeps_the_newest_and_latest(tmp_path):
     # Without the pointer, the newest complete folder is the latest.
     (tmp_path / "latest").unlink()
     assert ckpt.latest_checkpoint(tmp_path).name == "step_000006"
+
+
+def test_no_remote_code_is_trusted(tmp_path, monkeypatch):
+    """Loaders never let a checkpoint run its own code: transformers parts are loaded with
+    trust_remote_code=False, and nothing in the library turns it on."""
+    from transformers import CLIPModel
+
+    from backbones.loading import Source, load_part
+    from tests import tiny_clip
+
+    seen = {}
+    real = CLIPModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "from_pretrained", classmethod(spy))
+    folder = tiny_clip.write_clip(tmp_path / "clip")
+    load_part(CLIPModel, Source("reward_fn.pretrained", str(folder), "config.json"))
+    assert seen["trust_remote_code"] is False
+    sources = [p for d in ("vader", "backbones", "rewards") for p in (ROOT / d).rglob("*.py")]
+    assert not [p for p in sources if "trust_remote_code=True" in p.read_text()]
+
+
+@pytest.mark.slow
+def test_sigterm_to_accelerate_launch_stops_every_rank_at_one_step(tmp_path):
+    """A scheduler signals the launcher; it forwards SIGTERM to each rank, the ranks agree on
+    the step to stop at, and the main process saves it."""
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "train.py",
+           *[o for o in TINY if not o.startswith("run_name")], "num_steps=500",
+           "checkpoint_every=1000", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 2) \
+            and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert err.count("received SIGTERM") == 2, err[-3000:]  # both ranks
+    step = int(err.split("stopped by SIGTERM at step ")[1].split()[0])
+    latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    assert latest.name == ckpt.step_dir_name(step)
+    assert ckpt.load_training_state(latest)["step"] == step

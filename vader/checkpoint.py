@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -220,7 +221,12 @@ def load_training_state(folder: Path | str) -> dict[str, Any]:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
+        if isinstance(err, pickle.UnpicklingError):
+            reason = ("it is corrupt, or holds objects other than tensors and plain values, which "
+                      "are refused because unpickling them could run code")
+        else:
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         raise CheckpointError(
-            f"{file} is missing or unreadable ({type(err).__name__}: {err}). Delete {folder} to "
-            "resume from the checkpoint before it, or run with resume=never to start over "
-            "(lora_path=<folder> starts from its LoRA weights alone).") from err
+            f"{file} is missing or unreadable ({reason}). Delete {folder} to resume from the "
+            "checkpoint before it, or run with resume=never to start over (lora_path=<folder> "
+            "starts from its LoRA weights alone).") from err

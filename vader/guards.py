@@ -69,7 +69,8 @@ class NonFiniteGuard:
             kept = f"the last checkpoint, {last_checkpoint}, is intact and finite. " \
                 if last_checkpoint else "no checkpoint was written yet. "
             raise FloatingPointError(
-                f"stopping: {self.in_a_row} updates in a row (to step {step}) had a non-finite "
+                f"stopping: {self.in_a_row} updates in a row (steps {step - self.in_a_row + 1} to "
+                f"{step}) had a non-finite "
                 f"{what}; {kept}Lower lr or loss.grad_scale, keep max_grad_norm > 0, check the "
                 "reward for NaN on these prompts, or raise max_nonfinite_in_a_row.")
 

@@ -153,6 +153,8 @@ def _unique(prompts) -> list[str]:
 
 def _existing(path: str, knob: str, expected: str) -> Path:
     p = Path(path)
+    if p.is_dir():
+        raise FileNotFoundError(f"prompt file '{path}' is a folder; give prompt_fn.{knob}=<{expected}>")
     if not p.is_file():
         # Under Hydra with `hydra.job.chdir=true` a relative path is read from the run directory.
         where = "" if p.is_absolute() else f" (looked for {p.resolve()})"
@@ -163,13 +165,22 @@ def _existing(path: str, knob: str, expected: str) -> Path:
 
 def _read_lines(path: str, knob: str, expected: str = "a text file with one prompt per line") -> list[str]:
     # utf-8-sig: files saved by Excel or Notepad start with a byte-order mark.
-    text = _existing(path, knob, expected).read_text(encoding="utf-8-sig")
+    try:
+        text = _existing(path, knob, expected).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
     lines = _unique(s for s in (line.strip() for line in text.splitlines())
                     if s and not s.startswith("#"))
     if not lines:
         raise ValueError(f"prompt file '{path}' has no prompts (only blank lines or '#' "
                          f"comments); put one per line, or point prompt_fn.{knob} at another file")
     return lines
+
+
+def _not_utf8(path: str, err: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"prompt file '{path}' is not UTF-8 text (byte {err.object[err.start]:#04x} "
+                      f"at position {err.start}); save it as UTF-8, or check that it is the "
+                      "prompt file you meant")
 
 
 def _entries(value: Sequence[str] | str, knob: str) -> list[str]:
@@ -187,26 +198,10 @@ def _read_table(path: str, column: str, knob: str) -> list[str]:
         raise ValueError(f"prompt table '{path}' has extension '{suffix}'; prompt_fn=table reads "
                          f".csv, .json or .jsonl (for one prompt per line use prompt_fn=text_file)")
     p = _existing(path, knob, "a .csv, .json or .jsonl file")
-    with p.open(encoding="utf-8-sig", newline="") as f:
-        if suffix == ".csv":
-            rows: list = list(csv.DictReader(f))
-        elif suffix == ".json":
-            try:
-                rows = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"prompt table '{path}' is not valid JSON: {e}") from None
-            if not isinstance(rows, list):
-                raise ValueError(f"prompt table '{path}' holds a JSON {type(rows).__name__}; "
-                                 f"expected a list of objects or a list of strings")
-        else:
-            rows = []
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"prompt table '{path}' line {i} is not valid JSON: "
-                                         f"{e}") from None
+    try:
+        rows = _table_rows(p, path, suffix)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
     values = []
     for i, row in enumerate(rows, 1):
         if isinstance(row, str):
@@ -224,3 +219,27 @@ def _read_table(path: str, column: str, knob: str) -> list[str]:
         raise ValueError(f"prompt table '{path}' has no prompts (no rows, or column '{column}' "
                          f"is empty everywhere); point prompt_fn.{knob} at a table with prompts")
     return prompts
+
+
+def _table_rows(p: Path, path: str, suffix: str) -> list:
+    with p.open(encoding="utf-8-sig", newline="") as f:
+        if suffix == ".csv":
+            rows = list(csv.DictReader(f))
+        elif suffix == ".json":
+            try:
+                rows = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"prompt table '{path}' is not valid JSON: {e}") from None
+            if not isinstance(rows, list):
+                raise ValueError(f"prompt table '{path}' holds a JSON {type(rows).__name__}; "
+                                 f"expected a list of objects or a list of strings")
+        else:
+            rows = []
+            for i, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"prompt table '{path}' line {i} is not valid JSON: "
+                                         f"{e}") from None
+    return rows
