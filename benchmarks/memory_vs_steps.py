@@ -1,8 +1,13 @@
-"""Peak memory of one reward-gradient training step versus `num_inference_steps`, at fixed K.
+"""Peak memory of one reward-gradient training step versus `num_inference_steps` (N), K, frames,
+resolution and the frames decoded.
 
     python -m benchmarks.memory_vs_steps --steps 5 10 20 40 --k 1
     python -m benchmarks.memory_vs_steps --steps 5 10 20 40 --k 1 2 --json outputs/mem.json
     python -m benchmarks.memory_vs_steps --steps 5 10 20 --no-checkpointing
+    python -m benchmarks.memory_vs_steps --steps 10 --frames 4 8 16 --sizes 32x32 64x64
+    python -m benchmarks.memory_vs_steps --steps 10 --decoded all 2 random
+
+Every combination of the lists is one row.
 
 One step is what `vader.trainer.Trainer.train_step` does, without accelerate or the optimizer:
 sample N steps (the first N-K under no_grad, the last K with gradients), decode, score with
@@ -27,8 +32,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -80,6 +87,7 @@ def measure_one(cfg: dict) -> dict:
     torch.set_num_threads(1)  # the machine is shared; also makes CPU timings comparable
     from backbones.tiny import tiny
     from rewards.colorfulness import Colorfulness
+    from vader.frames import select_frames
     from vader.sampler import cutoff_index, make_noise, sample
 
     device = torch.device(cfg["device"])
@@ -87,6 +95,7 @@ def measure_one(cfg: dict) -> dict:
     cutoff = cutoff_index("last", n, k)  # raises, naming the fix, if K > N
     backbone = tiny(channels=tuple(cfg["channels"]), gradient_checkpointing=ckpt).to(device)
     model, reward, prompts = backbone.trainable_module(), Colorfulness(), ["a red balloon"]
+    decoded = cfg["decoded"] if cfg["decoded"] in ("all", "random") else int(cfg["decoded"])
     shape = backbone.latent_shape(len(prompts), cfg["frames"], cfg["height"], cfg["width"])
     # Weights are saved for backward too, but they are resident anyway: count activations only.
     weights = {t.untyped_storage().data_ptr() for m in (backbone.unet, backbone.vae,
@@ -106,7 +115,8 @@ def measure_one(cfg: dict) -> dict:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             latents = sample(backbone, model, prompts, noise, num_inference_steps=n,
                              cutoff=cutoff, gradient_checkpointing=ckpt)
-            values, _ = reward(backbone.decode(latents), prompts)
+            index = select_frames(decoded, cfg["frames"], random.Random(seed))
+            values, _ = reward(backbone.decode(latents, index), prompts)
             loss = -values.float().mean()
         saved_now = sum(saved.values())  # before backward frees them
         loss.backward()
@@ -126,7 +136,8 @@ def measure_one(cfg: dict) -> dict:
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() - base if device.type == "cuda"
             else rss.peak - rss.base)
-    return {"steps": n, "k": k, "checkpointing": ckpt, "saved_mib": saved_bytes / MiB,
+    return {"steps": n, "k": k, "checkpointing": ckpt, "frames": cfg["frames"],
+            "size": f"{cfg['height']}x{cfg['width']}", "decoded": cfg["decoded"], "saved_mib": saved_bytes / MiB,
             "peak_mib": peak / MiB, "peak_kind": "cuda_alloc" if device.type == "cuda" else "rss",
             "seconds": seconds}
 
@@ -135,9 +146,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 40], help="num_inference_steps values")
     ap.add_argument("--k", type=int, nargs="+", default=[1], help="backprop_steps (K) values")
-    ap.add_argument("--frames", type=int, default=8)
-    ap.add_argument("--height", type=int, default=32)
-    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--frames", type=int, nargs="+", default=[8], help="frames per video")
+    ap.add_argument("--sizes", nargs="+", default=["32x32"], help="HxW resolutions")
+    ap.add_argument("--decoded", nargs="+", default=["all"],
+                    help="frames decoded and scored: all, random (one), or n (every n-th)")
     ap.add_argument("--no-checkpointing", action="store_true", help="keep all activations of the last K steps")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--backbone", choices=["tiny"], default="tiny", help="only tiny needs no download")
@@ -156,28 +168,29 @@ def main() -> None:
     # delta of the measured step reflects what it really allocates.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
     rows = []
-    for k in args.k:
-        for n in args.steps:
-            cfg = {"steps": n, "k": k, "no_checkpointing": args.no_checkpointing, "device": device,
-                   "frames": args.frames, "height": args.height, "width": args.width,
-                   "channels": args.channels}
-            out = subprocess.run([sys.executable, "-m", "benchmarks.memory_vs_steps", "--_one",
-                                  json.dumps(cfg)], env=env, cwd=ROOT, capture_output=True,
-                                 text=True)
-            if out.returncode:
-                sys.exit(f"N={n} K={k} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    grid = itertools.product(args.k, args.frames, args.sizes, args.decoded, args.steps)
+    for k, frames, size, decoded, n in grid:
+        height, width = (int(v) for v in size.lower().split("x"))
+        cfg = {"steps": n, "k": k, "no_checkpointing": args.no_checkpointing, "device": device,
+               "frames": frames, "height": height, "width": width, "decoded": decoded,
+               "channels": args.channels}
+        out = subprocess.run([sys.executable, "-m", "benchmarks.memory_vs_steps", "--_one",
+                              json.dumps(cfg)], env=env, cwd=ROOT, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"{cfg} failed:\n{out.stderr[-3000:]}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
 
     name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({os.cpu_count()} cores, 1 thread)"
     peak_col = "CUDA peak MiB" if device == "cuda" else "peak RSS delta MiB"
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  "
           f"device {name}")
-    print(f"# backbone {args.backbone} channels {args.channels}  video {args.frames}x{args.height}x"
-          f"{args.width}  batch 1, guidance 7.5 (UNet batch 2)")
-    print(f"{'N':>4} {'K':>3} {'ckpt':>5} {'saved MiB':>10} {peak_col:>19} {'seconds':>8}")
+    print(f"# backbone {args.backbone} channels {args.channels}  batch 1, guidance 7.5 (UNet batch 2)")
+    print(f"{'N':>4} {'K':>3} {'frames':>6} {'size':>7} {'decoded':>7} {'ckpt':>5} {'saved MiB':>10} "
+          f"{peak_col:>19} {'seconds':>8}")
     for r in rows:
-        print(f"{r['steps']:>4} {r['k']:>3} {str(r['checkpointing']):>5} {r['saved_mib']:>10.2f} "
-              f"{r['peak_mib']:>19.2f} {r['seconds']:>8.2f}")
+        print(f"{r['steps']:>4} {r['k']:>3} {r['frames']:>6} {r['size']:>7} {r['decoded']:>7} "
+              f"{str(r['checkpointing']):>5} {r['saved_mib']:>10.2f} {r['peak_mib']:>19.2f} "
+              f"{r['seconds']:>8.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": name, "torch": torch.__version__,

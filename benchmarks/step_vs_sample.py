@@ -1,0 +1,166 @@
+"""Seconds per training step against seconds per sampled video with gradients off, for our
+sampler and for diffusers' TextToVideoSDPipeline on the same components and settings.
+
+    python -m benchmarks.step_vs_sample                           # tiny backbone, T=25, K=1, CFG
+    python -m benchmarks.step_vs_sample --repeats 15 --json outputs/step_vs_sample.json
+    python -m benchmarks.step_vs_sample --lora-targets all --threads 1
+
+Three things are timed, each a whole video of `--frames` x `--height` x `--width`:
+  train      one optimizer step as `RewardTrainer.train_step` runs it: T-K steps without a graph,
+             K with gradients (checkpointed), decode of the frames the reward scores, the reward,
+             backward, gradient clipping, AdamW.
+  ours       our sampler under no_grad, all T steps, plus decoding every frame.
+  diffusers  `TextToVideoSDPipeline(...)(latents=the same noise, output_type="pt")` built from
+             the very same UNet (LoRA layers included), VAE, text encoder, tokenizer and scheduler.
+After one warm-up of each, `--repeats` rounds run the three back to back, in a rotating order,
+so slow drift of the machine (other processes, clocks) hits all three alike; the ratios are
+taken within each round and their median and range reported. Prints a table; `--json` writes it.
+
+The arithmetic floor of train/ours at T=25, K=1 with checkpointing is about 1.12-1.16: one
+extra forward to recompute the last step and about two forwards for its backward, against 25
+guided steps.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TIMED = ("train", "ours", "diffusers")
+
+
+def build(args: argparse.Namespace):
+    from hydra import compose, initialize_config_dir
+
+    from vader.config import CONF_DIR, build_trainer, register_configs
+
+    register_configs()
+    overrides = [f"num_inference_steps={args.steps}", f"backprop_steps={args.k}",
+                 f"guidance_scale={args.guidance}", f"num_frames={args.frames}",
+                 f"height={args.height}", f"width={args.width}", "train_batch_size=1",
+                 f"reward_fn={args.reward}", "run_name=bench", "logger=none"]
+    if args.lora_targets == "all":
+        overrides.append("lora_target_modules=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,"
+                         "ff.net.2,conv1,conv2,time_emb_proj,conv_shortcut]")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    torch.manual_seed(0)
+    trainer = build_trainer(cfg, tempfile.mkdtemp(prefix="vader-bench-"))
+    trainer.setup()
+    return trainer
+
+
+def diffusers_pipeline(backbone):
+    from diffusers import TextToVideoSDPipeline
+
+    pipe = TextToVideoSDPipeline(vae=backbone.vae, text_encoder=backbone.text_encoder,
+                                 tokenizer=backbone.tokenizer, unet=backbone.unet,
+                                 scheduler=backbone.make_scheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def timers(trainer, args):
+    from vader.sampler import make_noise, sample
+
+    backbone, cfg = trainer.backbone, trainer.cfg
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    prompt = trainer.prompts.train[0]
+    pipe = diffusers_pipeline(backbone)
+    shape = backbone.latent_shape(1, cfg.num_frames, cfg.height, cfg.width)
+
+    def train() -> None:
+        trainer.train_step()
+
+    @torch.no_grad()
+    def ours() -> None:
+        noise = make_noise(shape, [0])
+        latents = sample(backbone, model, [prompt], noise, num_inference_steps=args.steps,
+                         guidance_scale=args.guidance)
+        backbone.decode(latents)
+
+    @torch.no_grad()
+    def theirs() -> None:
+        pipe.scheduler = backbone.make_scheduler()
+        pipe(prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+             height=cfg.height, width=cfg.width, num_frames=cfg.num_frames,
+             latents=make_noise(shape, [0]), output_type="pt")
+
+    return {"train": train, "ours": ours, "diffusers": theirs}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    trainer = build(args)
+    fns = timers(trainer, args)
+    for name in TIMED:  # warm-up: lazy inits, allocator pools, first-call kernel choices
+        fns[name]()
+    seconds: dict[str, list[float]] = {name: [] for name in TIMED}
+    for r in range(args.repeats):
+        order = TIMED[r % 3:] + TIMED[:r % 3]
+        for name in order:
+            start = time.perf_counter()
+            fns[name]()
+            seconds[name].append(time.perf_counter() - start)
+    lora = sum(p.numel() for p in trainer.params)
+    return {"seconds": seconds, "lora_parameters": lora}
+
+
+def summarise(seconds: dict[str, list[float]]) -> dict:
+    def ratio(a: str, b: str) -> dict:
+        per_round = [x / y for x, y in zip(seconds[a], seconds[b])]
+        return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
+
+    return {"median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
+            "train/ours": ratio("train", "ours"), "ours/diffusers": ratio("ours", "diffusers"),
+            "train/diffusers": ratio("train", "diffusers")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=25, help="num_inference_steps T")
+    ap.add_argument("--k", type=int, default=1, help="backprop_steps K")
+    ap.add_argument("--guidance", type=float, default=7.5, help="CFG scale (>1: two passes per step)")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--height", type=int, default=32)
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--reward", default="colorfulness", help="a weight-free reward_fn option")
+    ap.add_argument("--lora-targets", choices=["attention", "all"], default="attention",
+                    help="LoRA on the attention projections (default) or on every layer")
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds measured")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    ap.add_argument("--json", type=Path, help="also write the measurements here")
+    args = ap.parse_args()
+
+    result = measure(args)
+    summary = summarise(result["seconds"])
+    device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name()
+    print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  "
+          f"device {device} ({args.threads} threads)")
+    print(f"# tiny backbone, video {args.frames}x{args.height}x{args.width}, T={args.steps}, K={args.k}, "
+          f"guidance {args.guidance}, reward {args.reward}, LoRA on {args.lora_targets} "
+          f"({result['lora_parameters']:,} parameters), {args.repeats} interleaved rounds")
+    print(f"{'':>10} {'median s':>9} {'min s':>7} {'max s':>7}")
+    for name in TIMED:
+        s = result["seconds"][name]
+        print(f"{name:>10} {statistics.median(s):>9.3f} {min(s):>7.3f} {max(s):>7.3f}")
+    for key in ("train/ours", "ours/diffusers", "train/diffusers"):
+        r = summary[key]
+        print(f"{key:>16}: {r['median']:.3f} (per-round range {r['min']:.3f}-{r['max']:.3f})")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"date": datetime.datetime.now().isoformat(),
+                                         "torch": torch.__version__, "device": device,
+                                         "args": {k: str(v) for k, v in vars(args).items()},
+                                         **result, **summary}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
