@@ -11,7 +11,7 @@ from torch import nn
 
 from backbones.loading import (Source, check_sources, load_part, load_text_vae, parse_dtype,
                                part_source, text_vae_sources)
-from backbones.video_unet import VideoUNetBackbone, check_scheduler
+from backbones.video_unet import VideoUNetBackbone, check_attention, check_scheduler
 
 # diffusers' AnimateDiff documentation: DDIM with linear betas and linspace timesteps, the
 # schedule the motion modules were trained with (SD 1.5 checkpoints ship scaled_linear PNDM).
@@ -34,7 +34,8 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
                 text_encoder_dtype: str = "bf16", scheduler: str = "ddim",
                 scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
                 lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
-                decode_chunk: int = 1, gradient_checkpointing: bool = True) -> VideoUNetBackbone:
+                decode_chunk: int = 1, gradient_checkpointing: bool = True,
+                attention: str = "sdpa") -> VideoUNetBackbone:
     adapter = Source("backbone.motion_adapter", motion_adapter, "config.json")
     return motion_backbone(
         "animatediff", adapter, lambda: load_part(MotionAdapter, adapter), pretrained, revision,
@@ -42,7 +43,8 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
         scheduler=scheduler,
         scheduler_overrides=ANIMATEDIFF_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
-        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing)
+        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
+        attention=attention)
 
 
 def motion_backbone(name: str, adapter_source: Source, load_adapter: Callable[[], MotionAdapter],
@@ -53,6 +55,7 @@ def motion_backbone(name: str, adapter_source: Source, load_adapter: Callable[[]
     """Check every source (the image model's parts and the motion module), then load and join
     them; shared by `animatediff` and `animatediff_lightning`, which differ in the adapter."""
     check_scheduler(scheduler)
+    check_attention(backbone_kwargs.get("attention", "sdpa"))  # before any weight loads
     unet_dtype, vae_dtype, text_encoder_dtype = dtypes
     weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
     sources = {"unet": part_source("backbone.unet", unet, pretrained, "unet", revision=revision),

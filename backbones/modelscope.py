@@ -10,7 +10,7 @@ from diffusers import UNet3DConditionModel
 
 from backbones.loading import (check_sources, load_part, load_text_vae, parse_dtype, part_source,
                                text_vae_sources)
-from backbones.video_unet import VideoUNetBackbone, check_scheduler
+from backbones.video_unet import VideoUNetBackbone, check_attention, check_scheduler
 
 
 def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: str | None = None,
@@ -19,8 +19,10 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
                text_encoder_dtype: str = "bf16", scheduler: str = "dpmsolver",
                scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
                lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
-               decode_chunk: int = 1, gradient_checkpointing: bool = True) -> VideoUNetBackbone:
+               decode_chunk: int = 1, gradient_checkpointing: bool = True,
+               attention: str = "sdpa") -> VideoUNetBackbone:
     check_scheduler(scheduler)
+    check_attention(attention)  # before any weight loads
     weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
     sources = {"unet": part_source("backbone.unet", unet, pretrained, "unet", revision=revision),
                **text_vae_sources(pretrained, revision, vae, text_encoder)}
@@ -31,4 +33,5 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
         **load_text_vae(sources, vae_dtype, text_encoder_dtype, variant),
         scheduler=scheduler, scheduler_overrides=scheduler_overrides, lora_rank=lora_rank,
         lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
-        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing)
+        decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
+        attention=attention)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler)
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
@@ -23,11 +24,21 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # default); euler: Euler discrete, which AnimateDiff-Lightning's few-step modules were distilled for.
 SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler,
               "euler": EulerDiscreteScheduler}
+# How the UNet's and the VAE's attention layers compute: sdpa is PyTorch's fused
+# scaled_dot_product_attention (diffusers' default; flash / memory-efficient kernels on a GPU);
+# eager is matmul + softmax with the attention matrix held in memory, to compare or debug with.
+ATTENTION = {"sdpa": AttnProcessor2_0, "eager": AttnProcessor}
 
 
 def check_scheduler(scheduler: str) -> None:
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {sorted(SCHEDULERS)}")
+
+
+def check_attention(attention: str) -> None:
+    if attention not in ATTENTION:
+        raise ValueError(f"backbone.attention={attention!r}: choose one of {sorted(ATTENTION)} "
+                         "(sdpa: fused scaled_dot_product_attention, eager: matmul and softmax)")
 
 
 class VideoUNetBackbone:
@@ -38,8 +49,10 @@ class VideoUNetBackbone:
                  scheduler_overrides: dict[str, Any] | None = None,
                  lora_rank: int = 8, lora_alpha: float | None = None,
                  lora_target_modules: list[str] | None = None, decode_chunk: int = 4,
-                 gradient_checkpointing: bool = True, text_per_frame: bool = False):
+                 gradient_checkpointing: bool = True, text_per_frame: bool = False,
+                 attention: str = "sdpa"):
         check_scheduler(scheduler)
+        check_attention(attention)
         self.name = name
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.scheduler_cls = SCHEDULERS[scheduler]
@@ -57,6 +70,9 @@ class VideoUNetBackbone:
         for module in (unet, vae, text_encoder):
             module.requires_grad_(False)
             module.eval()
+        # Processors only compute; the projections (and the LoRA layers peft puts there) stay.
+        for module in (unet, vae):
+            module.set_attn_processor(ATTENTION[attention]())
         # peft marks only the new LoRA parameters trainable; they stay float32 whatever the
         # dtype of the frozen weights, so small updates are not rounded away.
         # (diffusers' UNet3DConditionModel has no `add_adapter`, so peft injects directly.)

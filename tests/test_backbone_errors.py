@@ -79,6 +79,12 @@ def test_bad_backbone_settings(tiny_folders, override, match):
         build_backbone("modelscope", tiny_folders, override)
 
 
+@pytest.mark.parametrize("name", ["modelscope", "animatediff", "animatediff_lightning"])
+def test_unknown_attention_fails_before_loading(name, tiny_folders, no_loading):
+    with pytest.raises(ValueError, match=r"backbone\.attention='flash'.*\['eager', 'sdpa'\]"):
+        build_backbone(name, tiny_folders, "backbone.attention=flash")
+
+
 def test_lightning_steps_must_exist(tiny_folders):
     with pytest.raises(ValueError, match=r"backbone.steps=3.*\(1, 2, 4, 8\)"):
         build_backbone("animatediff_lightning", tiny_folders, "backbone.steps=3")

@@ -72,6 +72,27 @@ def test_gradients_reach_lora_through_the_truncated_steps(backbone):
     module.zero_grad(set_to_none=True)
 
 
+def test_eager_attention_keeps_the_lora_gradients(backbone, tiny_folders):
+    """backbone.attention=eager swaps every attention processor (UNet3D's, the motion UNet's and
+    the VAE's) and leaves peft's LoRA layers where they were: the same LoRA gradients as sdpa.
+    tests/test_switches.py compares the two on a whole training step of the tiny backbone."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    eager = build_backbone(backbone.name, tiny_folders, "backbone.attention=eager")
+    eager.load_lora_state_dict(backbone.lora_state_dict())
+    for module in (eager.trainable_module(), eager.vae):
+        assert {type(p) for p in module.attn_processors.values()} == {AttnProcessor}
+    cutoff = cutoff_index("last", 3, backprop_steps=1, dead=dead_steps(backbone.make_scheduler, 3))
+    grads = []
+    for b in (backbone, eager):
+        params = [p for p in b.trainable_module().parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(run(b, cutoff=cutoff).mean(), params))
+    scale = max(g.abs().max().item() for g in grads[0])
+    assert scale > 0
+    for got, expected in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
 def test_lora_round_trip_through_a_checkpoint(backbone, tiny_folders, tmp_path):
     torch.manual_seed(0)
     with torch.no_grad():

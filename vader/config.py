@@ -54,6 +54,9 @@ class TrainConfig:
     backprop_step: int | None = None
     gradient_checkpointing: bool = True
     mixed_precision: str = "no"
+    batch_cfg: bool = True
+    compile_no_grad_steps: bool = False
+    offload_activations: bool = False
     val_every: int = 20
     val_batch_size: int = 2
     num_val_seeds: int = 2

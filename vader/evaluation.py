@@ -47,6 +47,12 @@ class VideoSpec:
     num_inference_steps: int
     guidance_scale: float
     eta: float = 0.0
+    batch_cfg: bool = True  # how guidance's two passes run, not what they compute: not reported
+
+
+def settings(spec: VideoSpec) -> dict[str, Any]:
+    """What the videos were sampled with, as summary.json and the gallery report it."""
+    return {k: v for k, v in asdict(spec).items() if k != "batch_cfg"}
 
 
 def slug(text: str) -> str:
@@ -82,7 +88,8 @@ def _generate(backbone: Backbone, model: nn.Module, prompts: list[str], seeds: l
     with accelerator.autocast():
         latents = sample(backbone, model, prompts, noise,
                          num_inference_steps=spec.num_inference_steps,
-                         guidance_scale=spec.guidance_scale, eta=spec.eta, step_seeds=seeds)
+                         guidance_scale=spec.guidance_scale, eta=spec.eta, step_seeds=seeds,
+                         batch_cfg=spec.batch_cfg)
         return backbone.decode(latents).float()
 
 
@@ -158,7 +165,7 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
     metric_keys = [f"reward/{name}" for name in rewards] + ["motion"]
     summary = {"title": title, "checkpoint": checkpoint, "models": list(models),
                "rewards": list(rewards), "train_reward": next(iter(rewards)),
-               "prompts": list(prompts), "seeds": list(seeds), "settings": asdict(spec),
+               "prompts": list(prompts), "seeds": list(seeds), "settings": settings(spec),
                "num_videos": len(rows),
                **eval_stats.summarise(rows, metric_keys, list(models), embeddings)}
     if on_summary is not None:

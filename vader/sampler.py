@@ -4,6 +4,10 @@ It unrolls a diffusers scheduler with classifier-free guidance. Steps before the
 under `torch.no_grad()`, so no autograd graph exists for them at all; steps from the cutoff on
 keep gradients (truncated backprop, as in VADER/DRaFT-K), each network call wrapped in
 non-reentrant gradient checkpointing so memory follows K, not the number of steps.
+
+Switches that change speed or memory but not the gradients (tests/test_switches.py compares each
+on and off): `batch_cfg` (guidance's two passes in one call or two), `gradient_checkpointing`,
+`compile_no_grad_steps` (torch.compile for the steps before the cutoff only).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from vader.protocols import Backbone
@@ -85,12 +90,48 @@ def make_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device | 
     return torch.stack(noise).to(device=device, dtype=dtype)
 
 
+_compiled: dict[str, Any] = {}  # {"model": a module, "compiled": its torch.compile}
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """`torch.compile(model)`, built once and reused for as long as the same model is sampled
+    with (the trainer's LoRA updates are in place, so they need no recompile). One slot, not a
+    cache keyed by model: a process trains one model, and a compiled module would keep its
+    key alive forever."""
+    # The steps it runs keep no gradients, so DDP has nothing to synchronise: compile the module
+    # inside, which also keeps dynamo away from DDP's gradient buckets.
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    if _compiled.get("model") is not inner:
+        try:
+            _compiled.update(model=inner, compiled=torch.compile(inner))
+        except RuntimeError as err:  # e.g. a Python version dynamo does not support yet
+            raise compile_error(err) from err
+    return _compiled["compiled"]
+
+
+def compile_error(err: Exception) -> RuntimeError:
+    # Dynamo wraps what the backend raised (a C++ compiler error, say); that is the news.
+    cause = getattr(err, "inner_exception", None) or err
+    first = (str(cause).strip().splitlines() or [""])[0][:300]
+    return RuntimeError(
+        f"compile_no_grad_steps=true: torch.compile of the steps before the cutoff failed "
+        f"({type(cause).__name__}: {first}). Set compile_no_grad_steps=false to run them "
+        "uncompiled (the gradients are the same); on a CPU, torch.compile also needs a working C++ "
+        "compiler (gcc or clang)")
+
+
 def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torch.Tensor, *,
            num_inference_steps: int, guidance_scale: float = 7.5, cutoff: int | None = None,
            eta: float = 0.0, step_seeds: list[int] | None = None,
-           gradient_checkpointing: bool = True) -> torch.Tensor:
+           gradient_checkpointing: bool = True, batch_cfg: bool = True,
+           compile_no_grad_steps: bool = False) -> torch.Tensor:
     """Denoise `noise` into clean latents. Gradients flow through steps `cutoff..end` when grad
-    mode is on; `cutoff=None` (or grad mode off) samples without any graph."""
+    mode is on; `cutoff=None` (or grad mode off) samples without any graph.
+
+    batch_cfg: guidance's unconditional and conditional passes as one network call on a doubled
+    batch (faster), or False: two calls (about half the activation memory at a time, slower).
+    compile_no_grad_steps: the steps that keep no gradients call `torch.compile(model)`; the
+    steps that do keep them always run eagerly."""
     if len(prompts) != noise.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {noise.shape[0]} noise samples")
     scheduler = backbone.make_scheduler()
@@ -102,13 +143,19 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     cutoff = num_inference_steps if cutoff is None else cutoff
     latents = noise * scheduler.init_noise_sigma
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x_in = torch.cat([x, x]) if guided else x
-        x_in = scheduler.scale_model_input(x_in, t)
-        out = backbone.predict(model, x_in, t, cond)
+    no_grad_model = compiled(model) if compile_no_grad_steps else model
+    # Dynamo reports a failed compile on the first call, as one of its own exception types.
+    compile_errors = _dynamo_errors() if compile_no_grad_steps else ()
+
+    def eps(x: torch.Tensor, t: torch.Tensor, net: nn.Module) -> torch.Tensor:
         if not guided:
-            return out
-        uncond, text = out.chunk(2)
+            return backbone.predict(net, scheduler.scale_model_input(x, t), t, cond)
+        if batch_cfg:
+            out = backbone.predict(net, scheduler.scale_model_input(torch.cat([x, x]), t), t, cond)
+            uncond, text = out.chunk(2)
+        else:
+            x_in = scheduler.scale_model_input(x, t)
+            uncond, text = (backbone.predict(net, x_in, t, c) for c in cond.chunk(2))
         return uncond + guidance_scale * (text - uncond)
 
     for i, t in enumerate(scheduler.timesteps):
@@ -117,9 +164,14 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
             if track and gradient_checkpointing:
                 # Only the network call is checkpointed: multistep schedulers mutate their state
                 # in `step`, which a recomputation must not repeat.
-                out = checkpoint(eps, latents, t, use_reentrant=False)
+                out = checkpoint(eps, latents, t, model, use_reentrant=False)
+            elif track:
+                out = eps(latents, t, model)
             else:
-                out = eps(latents, t)
+                try:
+                    out = eps(latents, t, no_grad_model)
+                except compile_errors as err:
+                    raise compile_error(err) from err
             kwargs = {}
             if eta > 0:
                 kwargs = {"eta": eta, "variance_noise": make_noise(
@@ -127,3 +179,9 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
                     latents.device, latents.dtype)}
             latents = scheduler.step(out, t, latents, **kwargs).prev_sample
     return latents
+
+
+def _dynamo_errors() -> tuple[type[Exception], ...]:
+    from torch._dynamo.exc import TorchDynamoException  # imported only when compiling
+
+    return (TorchDynamoException,)

@@ -7,6 +7,7 @@ N processes on a global batch match one process on the same batch.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import random
@@ -116,7 +117,7 @@ class RewardTrainer:
         self.is_main = self.accelerator.is_main_process
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
         self.spec = VideoSpec(cfg.num_frames, cfg.height, cfg.width, cfg.num_inference_steps,
-                              cfg.guidance_scale, cfg.eta)
+                              cfg.guidance_scale, cfg.eta, cfg.batch_cfg)
         self.step = 0
         self.nonfinite = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
         self.last_checkpoint: Path | None = None
@@ -195,27 +196,9 @@ class RewardTrainer:
             rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
             prompts, seeds = self.batch(self.step, micro)
             with acc.accumulate(self.model):
-                noise = make_noise(self.backbone.latent_shape(len(prompts), cfg.num_frames,
-                                                              cfg.height, cfg.width),
-                                   seeds, acc.device)
-                cutoff = cutoff_index(cfg.backprop_mode, cfg.num_inference_steps,
-                                      cfg.backprop_steps, cfg.backprop_step, rng,
-                                      self.dead_steps)
                 with acc.autocast():
-                    latents = sample(self.backbone, self.model, prompts, noise,
-                                     num_inference_steps=cfg.num_inference_steps,
-                                     guidance_scale=cfg.guidance_scale, cutoff=cutoff,
-                                     eta=cfg.eta, step_seeds=seeds,
-                                     gradient_checkpointing=cfg.gradient_checkpointing)
-                    frames = self.backbone.decode(latents, select_frames(
-                        self.reward.frames, cfg.num_frames, rng))
-                    values, info = self.reward(frames, prompts)
-                    infos.append({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
-                    if hasattr(self.reward, "loss"):  # a reward with its own shaping (composite)
-                        loss = self.reward.loss(values, info).mean()
-                    else:
-                        loss = reward_loss(values.float(), cfg.loss.target,
-                                           cfg.loss.grad_scale).mean()
+                    loss, values, info = self.forward_loss(prompts, seeds, rng)
+                infos.append({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
                 acc.backward(loss)
                 finite = finite and bool(torch.isfinite(loss)) and bool(torch.isfinite(values).all())
                 if acc.sync_gradients:
@@ -247,6 +230,36 @@ class RewardTrainer:
                 "seconds": time.perf_counter() - start, "skipped": skipped,
                 "nonfinite_updates": self.nonfinite.total,
                 **{f"reward_info/{k}": v for k, v in info.items()}}
+
+    def forward_loss(self, prompts: list[str], seeds: list[int],
+                     rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """One micro-step up to the loss: noise from the seeds, the truncated sampler, decode of
+        the frames the reward scores, reward, loss. Autocast is the caller's; tests call this to
+        compare the gradients of each speed/memory switch on and off."""
+        cfg = self.cfg
+        noise = make_noise(self.backbone.latent_shape(len(prompts), cfg.num_frames, cfg.height,
+                                                      cfg.width), seeds, self.accelerator.device)
+        cutoff = cutoff_index(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,
+                              cfg.backprop_step, rng, self.dead_steps)
+        # Offloading moves what autograd saves for backward to host memory (pinned, on a GPU);
+        # inside checkpointed regions checkpoint's own hooks win, so it matters most without.
+        offload = (torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+                   if cfg.offload_activations else contextlib.nullcontext())
+        with offload:
+            latents = sample(self.backbone, self.model, prompts, noise,
+                             num_inference_steps=cfg.num_inference_steps,
+                             guidance_scale=cfg.guidance_scale, cutoff=cutoff, eta=cfg.eta,
+                             step_seeds=seeds, gradient_checkpointing=cfg.gradient_checkpointing,
+                             batch_cfg=cfg.batch_cfg,
+                             compile_no_grad_steps=cfg.compile_no_grad_steps)
+            frames = self.backbone.decode(latents, select_frames(self.reward.frames,
+                                                                 cfg.num_frames, rng))
+            values, info = self.reward(frames, prompts)
+            if hasattr(self.reward, "loss"):  # a reward with its own shaping (composite)
+                loss = self.reward.loss(values, info).mean()
+            else:
+                loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
+        return loss, values, info
 
     def _non_finite_update(self, finite: bool) -> bool:
         """Whether to skip this update: any process saw a non-finite loss or reward, or the
