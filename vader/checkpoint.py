@@ -34,6 +34,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message names the file and the fix."""
 
 
+def resume_mode(resume: str) -> str:
+    """`auto` (the run directory's latest complete checkpoint, if any), `never`, or `path`."""
+    value = str(resume)
+    if value.lower() in ("auto", "true"):
+        return "auto"
+    if value.lower() in ("never", "false", "no", "none"):
+        return "never"
+    if not Path(value).exists():
+        raise ValueError(f"resume={value!r}: use auto (the run directory's latest checkpoint), "
+                         "never (start over), or the path of a checkpoint folder")
+    return "path"
+
+
 def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 

@@ -55,21 +55,8 @@ def check_settings(cfg: TrainConfig) -> None:
         ckpt.resolve_lora_path(cfg.lora_path)  # fails now, not after the models are loaded
     if cfg.keep_checkpoints < 0:
         raise ValueError(f"keep_checkpoints={cfg.keep_checkpoints}: use 0 (keep all) or a positive number")
-    if resume_mode(cfg.resume) == "path":
+    if ckpt.resume_mode(cfg.resume) == "path":
         ckpt.resolve_lora_path(cfg.resume)
-
-
-def resume_mode(resume: str) -> str:
-    """`auto` (the run directory's latest complete checkpoint, if any), `never`, or `path`."""
-    value = str(resume)
-    if value.lower() in ("auto", "true"):
-        return "auto"
-    if value.lower() in ("never", "false", "no", "none"):
-        return "never"
-    if not Path(value).exists():
-        raise ValueError(f"resume={value!r}: use auto (the run directory's latest checkpoint), "
-                         "never (start over), or the path of a checkpoint folder")
-    return "path"
 
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
@@ -139,7 +126,7 @@ class RewardTrainer:
         # The sampler calls the module accelerate returns (DDP when several processes run), so
         # gradients are averaged across processes; calling the bare module would train N LoRAs.
         self.model, self.optimizer = acc.prepare(module, self.optimizer)
-        mode = resume_mode(cfg.resume)
+        mode = ckpt.resume_mode(cfg.resume)
         if mode == "path":
             folder = ckpt.resolve_lora_path(cfg.resume).parent
         else:
