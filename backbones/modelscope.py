@@ -20,7 +20,8 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
                scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
                lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
                decode_chunk: int = 1, gradient_checkpointing: bool = True,
-               attention: str = "sdpa") -> VideoUNetBackbone:
+               attention: str = "sdpa",
+         checkpoint_blocks: bool = False) -> VideoUNetBackbone:
     check_scheduler(scheduler)
     check_attention(attention)  # before any weight loads
     weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
@@ -34,4 +35,5 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
         scheduler=scheduler, scheduler_overrides=scheduler_overrides, lora_rank=lora_rank,
         lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
         decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
-        attention=attention)
+        attention=attention,
+        checkpoint_blocks=checkpoint_blocks)

@@ -47,7 +47,7 @@ def real_size_parts(backbone: str) -> dict[str, nn.Module]:
 
 
 def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_rank: int = 16,
-                       decode_chunk: int = 1):
+                       decode_chunk: int = 1, checkpoint_blocks: bool = False):
     """A real-size backbone with random weights, built directly on `device` (for benchmarks on a
     GPU: the published architecture without downloading it). The tokenizer is the byte-level one
     of `tiny`; token ids stay inside the real vocabulary, and speed does not depend on them."""
@@ -78,7 +78,8 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
         text_encoder=text_encoder.to(weights), tokenizer=byte_level_tokenizer(77),
         scheduler_config={k: v for k, v in config.items() if not k.startswith("_")},
         scheduler=scheduler, scheduler_overrides=overrides, lora_rank=lora_rank,
-        decode_chunk=decode_chunk, text_per_frame=backbone != "modelscope")
+        decode_chunk=decode_chunk, text_per_frame=backbone != "modelscope",
+        checkpoint_blocks=checkpoint_blocks)
 
 
 def count(module: nn.Module) -> int:

@@ -41,6 +41,26 @@ def check_attention(attention: str) -> None:
                          "(sdpa: fused scaled_dot_product_attention, eager: matmul and softmax)")
 
 
+def checkpoint_layers(unet: nn.Module) -> int:
+    """Wrap the forward of every layer inside the UNet's down, mid and up blocks (resnets,
+    spatial and temporal attention and convolutions, motion modules, samplers) in non-reentrant
+    checkpointing while gradients are on. Returns how many layers were wrapped."""
+    blocks = [*unet.down_blocks, unet.mid_block, *unet.up_blocks]
+    layers = [layer for block in blocks if block is not None for child in block.children()
+              if isinstance(child, nn.ModuleList) for layer in child]
+    for layer in layers:
+        layer.forward = _checkpointed(layer.forward)
+    return len(layers)
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        if torch.is_grad_enabled():
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return forward(*args, **kwargs)
+    return run
+
+
 class VideoUNetBackbone:
     """Prompts -> CLIP embeddings -> video UNet denoiser -> VAE decode, frame by frame."""
 
@@ -50,7 +70,7 @@ class VideoUNetBackbone:
                  lora_rank: int = 8, lora_alpha: float | None = None,
                  lora_target_modules: list[str] | None = None, decode_chunk: int = 4,
                  gradient_checkpointing: bool = True, text_per_frame: bool = False,
-                 attention: str = "sdpa"):
+                 attention: str = "sdpa", checkpoint_blocks: bool = False):
         check_scheduler(scheduler)
         check_attention(attention)
         self.name = name
@@ -67,6 +87,13 @@ class VideoUNetBackbone:
         # Recorded before LoRA is added: LoRA parameters are float32 whatever the frozen dtype.
         self.weight_dtype = next(unet.parameters()).dtype
         self.gradient_checkpointing = gradient_checkpointing
+        # Non-reentrant checkpointing of each layer of the UNet's blocks: a step with gradients
+        # then holds one layer's activations at a time instead of the whole UNet's, at the same
+        # compute (the sampler stops checkpointing the step as a whole). Our own wrapper, since
+        # diffusers 0.42's UNet3DConditionModel refuses `enable_gradient_checkpointing`.
+        self.checkpoint_blocks = checkpoint_blocks
+        if checkpoint_blocks:
+            checkpoint_layers(unet)
         for module in (unet, vae, text_encoder):
             module.requires_grad_(False)
             module.eval()

@@ -46,6 +46,7 @@ def build(args: argparse.Namespace):
                  f"guidance_scale={args.guidance}", f"num_frames={args.frames}",
                  f"height={args.height}", f"width={args.width}", "train_batch_size=1",
                  f"reward_fn={args.reward}", "run_name=bench", "logger=none"]
+    overrides += args.override
     if args.lora_targets == "all":
         overrides.append("lora_target_modules=[to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,"
                          "ff.net.2,conv1,conv2,time_emb_proj,conv_shortcut]")
@@ -134,6 +135,8 @@ def main() -> None:
     ap.add_argument("--reward", default="colorfulness", help="a weight-free reward_fn option")
     ap.add_argument("--lora-targets", choices=["attention", "all"], default="attention",
                     help="LoRA on the attention projections (default) or on every layer")
+    ap.add_argument("--override", nargs="*", default=[],
+                    help="more config overrides, e.g. backbone.checkpoint_blocks=true batch_cfg=false")
     ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds measured")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
@@ -146,7 +149,8 @@ def main() -> None:
           f"device {device} ({args.threads} threads)")
     print(f"# tiny backbone, video {args.frames}x{args.height}x{args.width}, T={args.steps}, K={args.k}, "
           f"guidance {args.guidance}, reward {args.reward}, LoRA on {args.lora_targets} "
-          f"({result['lora_parameters']:,} parameters), {args.repeats} interleaved rounds")
+          f"({result['lora_parameters']:,} parameters), {args.repeats} interleaved rounds"
+          + (f", overrides {' '.join(args.override)}" if args.override else ""))
     print(f"{'':>10} {'median s':>9} {'min s':>7} {'max s':>7}")
     for name in TIMED:
         s = result["seconds"][name]

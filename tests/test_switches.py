@@ -110,6 +110,17 @@ def test_gradient_checkpointing(trainer):
     assert_same(got, expected)  # measured: bitwise equal
 
 
+def test_checkpoint_blocks(trainer):
+    """diffusers' per-block checkpointing instead of the whole step's: the same gradients, and
+    the sampler no longer recomputes the whole UNet call (the blocks recompute themselves)."""
+    step, blocks = trainer(), trainer("backbone.checkpoint_blocks=true")
+    assert blocks.backbone.checkpoint_blocks and not step.backbone.checkpoint_blocks
+    got, expected = [], []
+    calls = unet_batches(blocks, lambda: got.extend(lora_grads(blocks)))
+    assert len(calls) == 3  # no whole-step recomputation
+    assert_same(got, lora_grads(step))
+
+
 @pytest.mark.parametrize("overrides", [(), ("gradient_checkpointing=false",)],
                          ids=["checkpointing", "no-checkpointing"])
 def test_offload_activations(trainer, monkeypatch, overrides):

@@ -21,6 +21,9 @@ class Backbone(Protocol):
 
     name: str
     prediction_type: str  # "epsilon" or "v_prediction": what `predict` returns
+    # True when `predict` checkpoints the denoiser's blocks itself; the sampler then does not
+    # checkpoint whole steps (a backbone without the attribute counts as False).
+    checkpoint_blocks: bool
 
     def check_video(self, num_frames: int, height: int, width: int) -> None:
         """Raise ValueError, saying what sizes would work, if the model cannot make this video."""

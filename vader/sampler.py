@@ -161,7 +161,9 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff
         with torch.set_grad_enabled(track):
-            if track and gradient_checkpointing:
+            # A backbone that checkpoints its own blocks needs no second, outer checkpoint (it would
+            # only add a recomputation of the whole step).
+            if track and gradient_checkpointing and not getattr(backbone, "checkpoint_blocks", False):
                 # Only the network call is checkpointed: multistep schedulers mutate their state
                 # in `step`, which a recomputation must not repeat.
                 out = checkpoint(eps, latents, t, model, use_reentrant=False)
