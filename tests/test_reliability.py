@@ -84,14 +84,10 @@ def test_sigkill_anywhere_leaves_a_loadable_latest_and_resumes_to_the_same_weigh
         assert len(ckpt.checkpoints(root)) <= 2 and not list(root.glob(".step_*")), spec
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_stop_signal_saves_a_checkpoint_and_exits_non_zero(tmp_path, signum):
-    run_dir = tmp_path / "run"
-    args = [sys.executable, "train.py", *[o for o in TINY if not o.startswith("run_name")],
-            "num_steps=200", "checkpoint_every=1000", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def signal_after_two_steps(cmd, env, run_dir, signum):
+    """Start a training command, send it `signum` once two lines of metrics are written, and
+    return (process, stdout, stderr) once it has exited."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 300
@@ -101,6 +97,17 @@ def test_stop_signal_saves_a_checkpoint_and_exits_non_zero(tmp_path, signum):
         time.sleep(0.05)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=300)
+    return proc, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_a_checkpoint_and_exits_non_zero(tmp_path, signum):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "train.py", *[o for o in TINY if not o.startswith("run_name")],
+            "num_steps=200", "checkpoint_every=1000", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc, out, err = signal_after_two_steps(args, env, run_dir, signum)
     assert proc.returncode == 128 + signum, err[-3000:]
     name = signal.Signals(signum).name
     assert f"stopped by {name} at step" in err and "run the same command again" in err
@@ -331,16 +338,7 @@ def test_sigterm_to_accelerate_launch_stops_every_rank_at_one_step(tmp_path):
            *[o for o in TINY if not o.startswith("run_name")], "num_steps=500",
            "checkpoint_every=1000", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 300
-    while (not metrics.is_file() or len(metrics.read_text().splitlines()) < 2) \
-            and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
+    proc, _, err = signal_after_two_steps(cmd, env, run_dir, signal.SIGTERM)
     assert proc.returncode != 0
     assert err.count("received SIGTERM") == 2, err[-3000:]  # both ranks
     step = int(err.split("stopped by SIGTERM at step ")[1].split()[0])
