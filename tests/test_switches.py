@@ -115,7 +115,7 @@ def test_checkpoint_blocks(trainer):
     the sampler no longer recomputes the whole UNet call (the blocks recompute themselves)."""
     step, blocks = trainer(), trainer("backbone.checkpoint_blocks=true")
     assert blocks.backbone.checkpoint_blocks and not step.backbone.checkpoint_blocks
-    got, expected = [], []
+    got = []
     calls = unet_batches(blocks, lambda: got.extend(lora_grads(blocks)))
     assert len(calls) == 3  # no whole-step recomputation
     assert_same(got, lora_grads(step))
