@@ -111,8 +111,9 @@ def test_gradient_checkpointing(trainer):
 
 
 def test_checkpoint_blocks(trainer):
-    """diffusers' per-block checkpointing instead of the whole step's: the same gradients, and
-    the sampler no longer recomputes the whole UNet call (the blocks recompute themselves)."""
+    """Checkpointing each layer of the UNet's blocks instead of the whole step: the same
+    gradients, and the sampler no longer recomputes the whole UNet call (the layers recompute
+    themselves)."""
     step, blocks = trainer(), trainer("backbone.checkpoint_blocks=true")
     assert blocks.backbone.checkpoint_blocks and not step.backbone.checkpoint_blocks
     got = []
