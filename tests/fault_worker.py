@@ -49,9 +49,9 @@ def inject(spec: str) -> None:
                 and path.is_dir()):
             die()
     checkpoint._fsync = fsync
-    wrap("_atomic_write_text", "renamed", before=True)
+    wrap("atomic_write_text", "renamed", before=True)
     if phase == "latest":
-        wrap("_atomic_write_text", "latest")
+        wrap("atomic_write_text", "latest")
 
 
 def main(run_dir: str, spec: str, *overrides: str) -> None:

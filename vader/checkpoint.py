@@ -25,6 +25,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from vader.files import atomic_write_text
+
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 STATE_FILE = "training_state.pt"
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
@@ -59,15 +61,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _first_non_finite(tensors: Any, where: str = "") -> str | None:
@@ -132,7 +125,7 @@ def save_checkpoint(root: Path | str, step: int, lora: dict[str, torch.Tensor],
         os.replace(final, old)
     os.replace(tmp, final)
     _fsync(root)
-    _atomic_write_text(root / "latest", final.name + "\n")
+    atomic_write_text(root / "latest", final.name + "\n", fsync=True)
     shutil.rmtree(old, ignore_errors=True)
     if keep > 0:
         prune(root, keep)

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import re
 from contextlib import contextmanager, nullcontext
@@ -28,6 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vader import eval_stats
+from vader.files import atomic_write_text
 from vader.frames import select_frames
 from vader.protocols import Backbone, Reward
 from vader.sampler import make_noise, sample
@@ -184,8 +184,8 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(out_dir / "metrics.csv", buffer.getvalue())
-    _write_text(out_dir / "summary.json",
+    atomic_write_text(out_dir / "metrics.csv", buffer.getvalue())
+    atomic_write_text(out_dir / "summary.json",
                 json.dumps(eval_stats.finite_or_none(summary), indent=2) + "\n")
     if gallery:
         from vader.gallery import plot_base_vs_tuned, write_gallery
@@ -196,13 +196,6 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
         if (out_dir / "plots" / "reward_over_steps.png").is_file():
             plots.insert(0, "plots/reward_over_steps.png")
         write_gallery(out_dir, rows, summary, plots)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def headline(summary: dict[str, Any]) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import html
 import math
-import os
-import uuid
 from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
+
+from vader.files import atomic_write, atomic_write_text
 
 MOTION = "motion"
 VIDEO_WIDTH = 256  # display width (CSS px) of tiny videos; larger ones show at native size, up to
@@ -242,15 +242,7 @@ def write_gallery(eval_dir: Path, rows: list[dict], summary: dict, plots: list[s
 </body>
 </html>
 """
-    path = eval_dir / "index.html"
-    # Same folder, so os.replace is an atomic rename; a viewer never sees half a page.
-    tmp = eval_dir / f".index.{uuid.uuid4().hex[:8]}.tmp.html"
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(eval_dir / "index.html", page)  # a viewer never sees half a page
 
 
 def plot_base_vs_tuned(rows: list[dict], summary: dict, path: Path) -> Path | None:
@@ -310,13 +302,7 @@ def plot_base_vs_tuned(rows: list[dict], summary: dict, path: Path) -> Path | No
         ax.set_visible(False)
     fig.suptitle(str(summary.get("title", "")) + f"  ({len(pairs)} prompt-seed pairs)", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path

@@ -22,11 +22,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vader.files import atomic_write_text
 
 MARKERS = ("metrics.jsonl", "overrides.yaml", "eval/summary.json")
 TRAINING_COLUMNS = ("steps", "final_train_reward", "final_val_reward")
@@ -341,27 +342,12 @@ def to_csv(columns: list[str], records: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    # Same idea as vader/checkpoint.py's helper, kept here so this command does not import
-    # torch. A unique temp name in the same folder: os.replace is then an atomic rename, and
-    # a reader never sees half a table.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_tables(rows: list[dict[str, Any]], csv_path: str | Path, md_path: str | Path) -> str:
     """Write the CSV and the Markdown table of `rows` (from summarise_run); return the Markdown."""
     columns, records = table(rows)
     markdown = to_markdown(columns, records)
-    _atomic_write_text(Path(csv_path), to_csv(columns, records))
-    _atomic_write_text(Path(md_path), markdown)
+    atomic_write_text(Path(csv_path), to_csv(columns, records))
+    atomic_write_text(Path(md_path), markdown)
     return markdown
 
 

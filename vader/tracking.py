@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vader.files import atomic_write
+
 LOGGERS = ("none", "tensorboard", "wandb")
 
 
@@ -71,9 +73,7 @@ def plot_rewards(records: list[dict[str, Any]], path: Path, base: float | None =
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)

@@ -6,14 +6,14 @@ a later run or a viewer would trip over.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import torch
 from torchvision.utils import make_grid
+
+from vader.files import atomic_write
 
 SUPPORTED_SUFFIXES = (".mp4", ".gif")
 MACRO_BLOCK = 16  # H.264 codes 16x16 blocks; some players reject other sizes
@@ -60,16 +60,7 @@ def save_video(frames: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
         raise ValueError(f"unsupported video suffix {path.suffix!r} in {path}; "
                          f"supported: {', '.join(SUPPORTED_SUFFIXES)}")
     array = _to_uint8(frames)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory, so os.replace is a rename on one filesystem and therefore atomic; same
-    # suffix, so the writer picks the same format; hidden, so globs for *.mp4 skip it.
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
-        _WRITERS[suffix](array, tmp, fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda tmp: _WRITERS[suffix](array, tmp, fps))
 
 
 def save_video_grid(videos: torch.Tensor, path: str | Path, fps: int = 8,
