@@ -164,6 +164,20 @@ def test_a_nan_update_leaves_the_weights_unchanged(make_trainer):
     assert trainer.lr_schedule.last_epoch == 0  # nor did the schedule advance
 
 
+@pytest.mark.parametrize("clip", ["max_grad_norm=1.0", "max_grad_norm=0"])
+def test_a_nan_gradient_with_a_finite_loss_is_skipped(make_trainer, clip):
+    trainer = make_trainer(*RUN, clip)
+    trainer.setup()
+    hook = trainer.params[0].register_hook(lambda g: g * float("nan"))
+    before = trainer.backbone.lora_state_dict()
+    record = trainer.train_step()
+    hook.remove()
+    assert record["skipped"] and math.isfinite(record["loss"])
+    after = trainer.backbone.lora_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not trainer.train_step()["skipped"]  # the next, finite update goes through
+
+
 def test_nan_in_a_row_stops_with_a_clear_error(make_trainer, tmp_path):
     trainer = make_trainer(*RUN, "max_nonfinite_in_a_row=3", "keep_checkpoints=0")
     trainer.setup()

@@ -21,11 +21,11 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from vader import checkpoint as ckpt
-from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
 from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
 from vader.evaluation import Embedder, VideoSpec, evaluate, headline
 from vader.frames import check_frames, select_frames
+from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
 from vader.protocols import Backbone, Reward
@@ -178,7 +178,10 @@ class RewardTrainer:
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         losses, rewards, infos = [], [], []
-        grad_norm, finite, skipped = float("nan"), True, False
+        grad_norm, skipped = float("nan"), False
+        # Non-finite losses or rewards seen in this step's micro-steps, counted on the device so
+        # the check costs no synchronisation until the one all-reduce that decides the update.
+        non_finite = torch.zeros((), device=acc.device)
         for micro in range(cfg.gradient_accumulation_steps):
             rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
             prompts, seeds = self.batch(self.step, micro)
@@ -187,15 +190,17 @@ class RewardTrainer:
                     loss, values, info = self.forward_loss(prompts, seeds, rng)
                 infos.append({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
                 acc.backward(loss)
-                finite = finite and bool(torch.isfinite(loss)) and bool(torch.isfinite(values).all())
+                non_finite += (~torch.isfinite(loss.detach())).float() \
+                    + (~torch.isfinite(values.detach())).any().float()
                 if acc.sync_gradients:
-                    skipped = self._non_finite_update(finite)
+                    if cfg.max_grad_norm > 0:
+                        norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    else:
+                        norm = torch.norm(torch.stack(
+                            [p.grad.norm() for p in self.params if p.grad is not None]))
+                    skipped = self._skip_update(non_finite, norm)
                     if not skipped:
-                        if cfg.max_grad_norm > 0:
-                            grad_norm = float(acc.clip_grad_norm_(self.params, cfg.max_grad_norm))
-                        else:
-                            grad_norm = float(torch.norm(torch.stack(
-                                [p.grad.norm() for p in self.params if p.grad is not None])))
+                        grad_norm = float(norm)
                         self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
@@ -248,14 +253,13 @@ class RewardTrainer:
                 loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
         return loss, values, info
 
-    def _non_finite_update(self, finite: bool) -> bool:
+    def _skip_update(self, non_finite: torch.Tensor, grad_norm: torch.Tensor) -> bool:
         """Whether to skip this update: any process saw a non-finite loss or reward, or the
-        (already averaged) gradients hold one. Every process reaches the same answer, so they
-        skip together and their LoRAs stay identical."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        finite = finite and all(bool(torch.isfinite(g).all()) for g in grads)
-        bad = torch.tensor([0.0 if finite else 1.0], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(bad, "max").item() > 0)
+        gradients (already averaged across processes) hold one, which makes their norm
+        non-finite. Every process reaches the same answer, so they skip together and their
+        LoRAs stay identical. (Clipping has scaled NaN gradients by NaN; they are discarded.)"""
+        bad = (non_finite > 0) | ~torch.isfinite(grad_norm.detach().float())
+        return bool(self.accelerator.reduce(bad.float().reshape(1), "max").item() > 0)
 
     def evaluate(self, out_dir: Path | None, models: tuple[str, ...] = ("base", "tuned"),
                  rewards: dict[str, Reward] | None = None, gallery: bool = True,
