@@ -36,7 +36,7 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
                 lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
                 decode_chunk: int = 1, gradient_checkpointing: bool = True,
                 attention: str = "sdpa",
-         checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+                checkpoint_blocks: bool = False) -> VideoUNetBackbone:
     adapter = Source("backbone.motion_adapter", motion_adapter, "config.json")
     return motion_backbone(
         "animatediff", adapter, lambda: load_part(MotionAdapter, adapter), pretrained, revision,
@@ -45,8 +45,7 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
         scheduler_overrides=ANIMATEDIFF_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
         decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
-        attention=attention,
-        checkpoint_blocks=checkpoint_blocks)
+        attention=attention, checkpoint_blocks=checkpoint_blocks)
 
 
 def motion_backbone(name: str, adapter_source: Source, load_adapter: Callable[[], MotionAdapter],

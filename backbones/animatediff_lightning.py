@@ -51,7 +51,7 @@ def animatediff_lightning(pretrained: str = "emilianJR/epiCRealism",
                           lora_target_modules: list[str] | None = None, decode_chunk: int = 1,
                           gradient_checkpointing: bool = True,
                           attention: str = "sdpa",
-         checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+                          checkpoint_blocks: bool = False) -> VideoUNetBackbone:
     source = Source("backbone.lightning", lightning, lightning_file(steps), weights=False)
     return motion_backbone(
         "animatediff_lightning", source, lambda: load_adapter(source, adapter_config), pretrained,
@@ -60,5 +60,4 @@ def animatediff_lightning(pretrained: str = "emilianJR/epiCRealism",
         scheduler_overrides=LIGHTNING_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
         decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
-        attention=attention,
-        checkpoint_blocks=checkpoint_blocks)
+        attention=attention, checkpoint_blocks=checkpoint_blocks)

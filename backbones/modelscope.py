@@ -21,7 +21,7 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
                lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
                decode_chunk: int = 1, gradient_checkpointing: bool = True,
                attention: str = "sdpa",
-         checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+               checkpoint_blocks: bool = False) -> VideoUNetBackbone:
     check_scheduler(scheduler)
     check_attention(attention)  # before any weight loads
     weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
@@ -35,5 +35,4 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
         scheduler=scheduler, scheduler_overrides=scheduler_overrides, lora_rank=lora_rank,
         lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
         decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
-        attention=attention,
-        checkpoint_blocks=checkpoint_blocks)
+        attention=attention, checkpoint_blocks=checkpoint_blocks)

@@ -144,6 +144,9 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     latents = noise * scheduler.init_noise_sigma
 
     no_grad_model = compiled(model) if compile_no_grad_steps else model
+    # A backbone that checkpoints its own blocks needs no second, outer checkpoint (it would only
+    # add a recomputation of the whole step).
+    checkpoint_steps = gradient_checkpointing and not getattr(backbone, "checkpoint_blocks", False)
     # Dynamo reports a failed compile on the first call, as one of its own exception types.
     compile_errors = _dynamo_errors() if compile_no_grad_steps else ()
 
@@ -161,9 +164,7 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff
         with torch.set_grad_enabled(track):
-            # A backbone that checkpoints its own blocks needs no second, outer checkpoint (it would
-            # only add a recomputation of the whole step).
-            if track and gradient_checkpointing and not getattr(backbone, "checkpoint_blocks", False):
+            if track and checkpoint_steps:
                 # Only the network call is checkpointed: multistep schedulers mutate their state
                 # in `step`, which a recomputation must not repeat.
                 out = checkpoint(eps, latents, t, model, use_reentrant=False)
