@@ -73,14 +73,17 @@ def backbone_overrides(name: str, folders: dict[str, Path]) -> list[str]:
 
 
 # --- headless Chromium, for the HTML gallery (tests/test_gallery.py, tests/test_evaluation.py) ---
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+# Debian's, as install.sh installs them; a user without root points these at their own.
+CHROMIUM = Path(os.environ.get("VADER_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("VADER_CHROMEDRIVER", "/usr/bin/chromedriver"))
 
 
 def require_chromium(binaries=(CHROMIUM, CHROMEDRIVER)) -> None:
     missing = [str(p) for p in binaries if not p.exists()]
     if missing:
-        pytest.fail(f"{', '.join(missing)} not found: install Debian's chromium and chromium-driver "
-                    "(apt-get install -y --no-install-recommends chromium chromium-driver, as .ci/run does)")
+        pytest.fail(f"{', '.join(missing)} not found: run `bash install.sh` as root (it installs "
+                    "Debian's chromium and chromium-driver), or set VADER_CHROMIUM and "
+                    "VADER_CHROMEDRIVER to a Chromium and its chromedriver")
 
 
 @pytest.fixture

@@ -248,5 +248,5 @@ def test_chromium_console_check_can_fail(browser, tmp_path):
 
 def test_chromium_missing_fails_not_skips(tmp_path):
     # Without the browser the tests must fail with the fix in the message, never skip.
-    with pytest.raises(pytest.fail.Exception, match="install Debian's chromium and chromium-driver"):
+    with pytest.raises(pytest.fail.Exception, match=r"bash install.sh.*VADER_CHROMIUM"):
         require_chromium((tmp_path / "chromium", CHROMEDRIVER))
