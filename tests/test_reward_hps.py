@@ -14,6 +14,7 @@ from PIL import Image
 
 from rewards import hps
 from rewards.hps import FILES, HPS
+from tests import learning
 from tests.tiny_open_clip import tiny_clip, write_arch, write_hps
 from vader.protocols import Reward
 
@@ -201,11 +202,13 @@ def test_loaded_once_per_process(folder, arch):
     assert any(key[1] == arch for key in hps._CACHE)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_reward_trains(make_trainer, folder, arch, seed):
-    trainer = make_trainer("reward_fn=hps", f"reward_fn.pretrained={folder}",
-                           f"reward_fn.model_name={arch}", f"seed={seed}",
-                           "num_steps=4", "lr=5e-2")
-    trainer.setup()
-    result = trainer.train()
-    assert result["after"] > result["before"]
+# Smallest mean gain over seeds 0-2 the test accepts; measured (benchmarks.learning_margins, six
+# seeds, locked and newest versions) in docs/environment.md and below.
+MARGIN = 0.015
+
+
+@pytest.mark.slow
+def test_reward_trains(folder, arch, tmp_path):
+    folders = {"hps": folder, "hps_arch": arch}
+    outcomes = [learning.train("hps", folders, seed, tmp_path / str(seed)) for seed in learning.SEEDS]
+    learning.assert_learns(outcomes, MARGIN)

@@ -18,7 +18,7 @@ from rewards.clip_hf import (image_features, load_clip, parse_image_settings, pr
                              read_image_settings)
 from rewards.clip_score import ClipScore, spread_indices
 from rewards.pickscore import PickScore
-from tests import tiny_clip
+from tests import learning, tiny_clip
 from tests.conftest import compose_cfg
 from vader.config import check_targets
 from vader.protocols import Reward
@@ -29,13 +29,7 @@ NAMES = ("aesthetic", "clip_score", "pickscore")
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny_clip")
-    clip = tiny_clip.write_clip(root / "clip")
-    tiny_clip.write_aesthetic_head(clip / "head.pth")
-    return {"clip": clip, "head": clip / "head.pth",
-            # PickScore's layout: the model alone, tokenizer and image settings elsewhere.
-            "bare": tiny_clip.write_clip(root / "bare", seed=1, with_processor=False),
-            "processor": tiny_clip.write_processor(root / "processor")}
+    return tiny_clip.reward_folders(tmp_path_factory.mktemp("tiny_clip"))
 
 
 def overrides(name: str, f: dict[str, Path]) -> dict[str, str]:
@@ -241,18 +235,13 @@ def test_yaml_builds_with_tiny_sources(name, folders):
 
 
 # --- training ------------------------------------------------------------------------------------
+# Smallest mean gain over seeds 0-2 the test accepts; measured (benchmarks.learning_margins, six
+# seeds, locked and newest versions) in docs/environment.md and below.
+MARGINS = {"aesthetic": 0.005, "clip_score": 0.02, "pickscore": 0.1}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("name", NAMES)
-def test_training_raises_reward(name, seed, folders, make_trainer):
-    keys = [f"reward_fn.{k}={v}" for k, v in overrides(name, folders).items()]
-    # Training and held-out prompts share their subject ("a red car" doing different things): a
-    # random tiny text encoder maps unrelated prompts to unrelated embeddings, so text-image
-    # alignment learnt on some prompts need not carry over to unrelated ones (measured: held-out
-    # clip_score fell for 2 of 3 seeds with the builtin prompts, rose for all 3 with these).
-    # lr 2e-2 over 8 steps: at 5e-2 PickScore overshot on one seed of four.
-    trainer = make_trainer(f"reward_fn={name}", *keys, "num_steps=8", "lr=2e-2", f"seed={seed}",
-                           "prompt_fn=nouns_activities", "prompt_fn.nouns=[a red car]")
-    trainer.setup()
-    result = trainer.train()
-    assert result["after"] > result["before"], result
+def test_training_raises_reward(name, folders, tmp_path):
+    outcomes = [learning.train(name, folders, seed, tmp_path / str(seed)) for seed in learning.SEEDS]
+    learning.assert_learns(outcomes, MARGINS[name])

@@ -3,7 +3,6 @@ real hub folder layouts (tests/tiny_video_models.py): shapes and gradients, prep
 with the transformers processors, target selection, errors, and a few training steps each."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from rewards.actpred import (ActionPrediction, sample_clip, videomae_preprocess,
                              videomae_settings)
 from rewards.object import ObjectDetection, yolos_preprocess, yolos_settings, yolos_size
 from rewards.xclip import XCLIPScore
-from tests import tiny_video_models as tvm
+from tests import learning, tiny_video_models as tvm
 from tests.conftest import CONF
 from vader.protocols import Reward
 
@@ -267,17 +266,13 @@ def test_yaml_targets_and_defaults(name, folders):
 
 
 # 4. Training on the tiny backbone ---------------------------------------------------------------
-
-TRAIN = {"xclip": [], "actpred": ["reward_fn.action=dancing ballet"],
-         "object": ["reward_fn.object=dog"]}
+# Smallest mean gain over seeds 0-2 the test accepts; measured (benchmarks.learning_margins, six
+# seeds, locked and newest versions) in docs/environment.md and below.
+MARGINS = {"xclip": 0.015, "actpred": 0.05, "object": 0.015}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["xclip", "actpred", "object"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_reward_trains(name, seed, folders, make_trainer):
-    trainer = make_trainer(f"reward_fn={name}", f"reward_fn.pretrained={folders[name]}",
-                           *TRAIN[name], f"seed={seed}", "num_steps=8", "lr=5e-2")
-    trainer.setup()
-    result = trainer.train()
-    assert math.isfinite(result["before"]) and result["after"] > result["before"]
+def test_reward_trains(name, folders, tmp_path):
+    outcomes = [learning.train(name, folders, seed, tmp_path / str(seed)) for seed in learning.SEEDS]
+    learning.assert_learns(outcomes, MARGINS[name])

@@ -63,3 +63,14 @@ def write_aesthetic_head(path: Path, width: int = PROJECTION_DIM, seed: int = 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(AestheticMLP(width).state_dict(), path)
     return path
+
+
+def reward_folders(root: Path) -> dict[str, Path]:
+    """Every CLIP reward's tiny folders: `clip` (model, tokenizer, preprocessor and the aesthetic
+    head `head.pth`), and PickScore's layout: the model alone (`bare`) with its tokenizer and
+    image settings elsewhere (`processor`)."""
+    clip = write_clip(root / "clip")
+    write_aesthetic_head(clip / "head.pth")
+    return {"clip": clip, "head": clip / "head.pth",
+            "bare": write_clip(root / "bare", seed=1, with_processor=False),
+            "processor": write_processor(root / "processor")}

@@ -1,0 +1,113 @@
+"""Learning tests that do not hang on one seed.
+
+A test that claims "training raised the held-out reward" runs its setting with several seeds and
+asserts a majority of them improved *and* a margin on the mean gain (`assert_learns`). Each
+setting below was measured over more seeds (and package versions) than the tests run:
+
+    python -m benchmarks.learning_margins --seeds 0 1 2 3 4 5
+
+prints every seed's held-out reward before and after; the numbers sit beside each test. The
+settings live here, not in the test files, so the benchmark measures exactly what the tests run.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+SEEDS = (0, 1, 2)  # what the tests run; a majority is 2 of them
+
+# Held-out pairs per run: the builtin prompts' 4 held-out prompts x 4 seeds. One seed per prompt
+# (4 pairs) made a run's before/after a coin toss for the weakest rewards.
+EVAL = ["num_val_seeds=4"]
+
+# Training and held-out prompts share their subject ("a red car" doing different things): a
+# random tiny text encoder maps unrelated prompts to unrelated embeddings, so text-video
+# alignment learnt on some prompts need not carry over to unrelated ones (measured: held-out
+# clip_score fell for 2 of 3 seeds with the builtin prompts, rose for all 3 with these).
+SHARED_SUBJECT = ["prompt_fn=nouns_activities", "prompt_fn.nouns=[a red car]"]
+
+
+def _clip(folders: dict[str, Path], name: str) -> list[str]:
+    keys = {"aesthetic": {"pretrained": folders["clip"], "head_repo": folders["clip"],
+                          "head_file": "head.pth"},
+            "clip_score": {"pretrained": folders["clip"]},
+            "pickscore": {"pretrained": folders["bare"], "processor": folders["processor"]}}[name]
+    return [f"reward_fn={name}", *(f"reward_fn.{k}={v}" for k, v in keys.items())]
+
+
+# name -> (reward overrides from the tiny model folders, training settings).
+SETTINGS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], list[str]]] = {
+    # lr 2e-2 over 8 steps: at 5e-2 PickScore overshot on one seed of four.
+    **{name: (lambda f, n=name: _clip(f, n), ["num_steps=8", "lr=2e-2", *SHARED_SUBJECT])
+       for name in ("aesthetic", "clip_score", "pickscore")},
+    "hps": (lambda f: ["reward_fn=hps", f"reward_fn.pretrained={f['hps']}",
+                       f"reward_fn.model_name={f['hps_arch']}"], ["num_steps=4", "lr=5e-2"]),
+    # One seed of the builtin-prompt setting (8 steps at 5e-2) lowered held-out xclip on another
+    # machine's numerics (issue 12); with a shared subject, measured below.
+    "xclip": (lambda f: ["reward_fn=xclip", f"reward_fn.pretrained={f['xclip']}"],
+              ["num_steps=8", "lr=2e-2", *SHARED_SUBJECT]),
+    "actpred": (lambda f: ["reward_fn=actpred", f"reward_fn.pretrained={f['actpred']}",
+                           "reward_fn.action=dancing ballet"], ["num_steps=8", "lr=5e-2"]),
+    # With the builtin prompts object detection rose for only 2 of 4 seeds (measured); with a
+    # shared subject for all 4.
+    "object": (lambda f: ["reward_fn=object", f"reward_fn.pretrained={f['object']}",
+                          "reward_fn.object=dog"], ["num_steps=8", "lr=5e-2", *SHARED_SUBJECT]),
+}
+
+
+def reward_folders(root: Path, names: tuple[str, ...] = tuple(SETTINGS)) -> dict[str, Path]:
+    """The tiny random reward models the settings in `names` need, in their published layouts."""
+    from tests import tiny_clip, tiny_video_models as tvm
+
+    folders: dict[str, Path] = {}
+    if {"aesthetic", "clip_score", "pickscore"} & set(names):
+        folders.update(tiny_clip.reward_folders(root / "clip"))
+    if "hps" in names:
+        from tests import tiny_open_clip
+        arch = tiny_open_clip.write_arch(root / "hps" / "tiny_clip")
+        model, _ = tiny_open_clip.tiny_clip(arch, seed=0)
+        folders.update(hps=tiny_open_clip.write_hps(root / "hps" / "HPSv2", model), hps_arch=arch)
+    writers = {"xclip": tvm.write_xclip, "actpred": tvm.write_videomae, "object": tvm.write_yolos}
+    for name in set(writers) & set(names):
+        folders[name] = writers[name](root / name)
+    return folders
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seed: int
+    before: float  # the base model's mean held-out reward
+    after: float   # the tuned model's, on the same prompts and noise
+
+    @property
+    def gain(self) -> float:
+        return self.after - self.before
+
+
+def train(name: str, folders: dict[str, Path], seed: int, run_dir: Path,
+          *extra: str) -> Outcome:
+    """Train setting `name` with `seed` into `run_dir`, as train.py would; the held-out outcome."""
+    import accelerate.utils
+
+    from tests.conftest import compose_cfg
+    from vader.config import build_trainer
+
+    reward, settings = SETTINGS[name]
+    cfg = compose_cfg(*reward(folders), *settings, *EVAL, f"seed={seed}", *extra)
+    accelerate.utils.set_seed(cfg.seed)
+    trainer = build_trainer(cfg, str(run_dir))
+    trainer.setup()
+    result = trainer.train()
+    return Outcome(seed, result["before"], result["after"])
+
+
+def assert_learns(outcomes: list[Outcome], min_mean_gain: float) -> None:
+    """A majority of seeds raised the held-out reward, and the mean gain is at least
+    `min_mean_gain` (a margin set well below the measured one, beside each test)."""
+    gains = [o.gain for o in outcomes]
+    improved = sum(g > 0 for g in gains)
+    assert improved > len(gains) / 2, f"only {improved} of {len(gains)} seeds improved: {outcomes}"
+    assert statistics.fmean(gains) >= min_mean_gain, \
+        f"mean gain {statistics.fmean(gains):.4g} < {min_mean_gain}: {outcomes}"
