@@ -150,29 +150,32 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     # Dynamo reports a failed compile on the first call, as one of its own exception types.
     compile_errors = _dynamo_errors() if compile_no_grad_steps else ()
 
-    def eps(x: torch.Tensor, t: torch.Tensor, net: nn.Module) -> torch.Tensor:
+    def eps(x_in: torch.Tensor, t: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        """The guided noise prediction for `x_in`, already scaled by the scheduler."""
         if not guided:
-            return backbone.predict(net, scheduler.scale_model_input(x, t), t, cond)
+            return backbone.predict(net, x_in, t, cond)
         if batch_cfg:
-            out = backbone.predict(net, scheduler.scale_model_input(torch.cat([x, x]), t), t, cond)
-            uncond, text = out.chunk(2)
+            uncond, text = backbone.predict(net, torch.cat([x_in, x_in]), t, cond).chunk(2)
         else:
-            x_in = scheduler.scale_model_input(x, t)
             uncond, text = (backbone.predict(net, x_in, t, c) for c in cond.chunk(2))
         return uncond + guidance_scale * (text - uncond)
 
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff
         with torch.set_grad_enabled(track):
+            # Scaled outside the checkpoint: Euler's `scale_model_input` reads the step index
+            # that `step` advances, so a recomputation in backward would scale with the sigma
+            # of whatever step the sampler had reached by then, not this one's.
+            x_in = scheduler.scale_model_input(latents, t)
             if track and checkpoint_steps:
                 # Only the network call is checkpointed: multistep schedulers mutate their state
                 # in `step`, which a recomputation must not repeat.
-                out = checkpoint(eps, latents, t, model, use_reentrant=False)
+                out = checkpoint(eps, x_in, t, model, use_reentrant=False)
             elif track:
-                out = eps(latents, t, model)
+                out = eps(x_in, t, model)
             else:
                 try:
-                    out = eps(latents, t, no_grad_model)
+                    out = eps(x_in, t, no_grad_model)
                 except compile_errors as err:
                     raise compile_error(err) from err
             kwargs = {}
