@@ -66,7 +66,13 @@ class Backbone(Protocol):
 class Reward(Protocol):
     """Scores videos. `frames` says which frames it needs decoded: "all", "random" (one random
     frame per video) or an int n (every n-th frame). A differentiable reward lets gradients flow
-    from the score back to the frames."""
+    from the score back to the frames.
+
+    Optional: a reward that scores only some of the frames it is given has a method
+    `scored_frames(n) -> LongTensor`, the sorted indices of those frames out of n, such that
+    calling it on just them gives the same score; the trainer then decodes only those
+    (`vader.frames.frames_to_decode`). It is not a member here, so rewards without it still
+    satisfy the protocol."""
 
     frames: str | int
     differentiable: bool
