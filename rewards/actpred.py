@@ -196,4 +196,4 @@ class ActionPrediction:
         pixels = clip_pixels(self.model, frames, self.num_frames, self.settings)
         logits = self.model(pixel_values=pixels).logits.float()
         probs = logits.softmax(dim=-1).gather(1, targets.view(-1, 1)).squeeze(1)
-        return probs.to(frames.dtype), {"actpred_prob_mean": probs.detach().mean().item()}
+        return probs.to(frames.dtype), {"actpred_prob_mean": probs.detach().mean()}

@@ -68,5 +68,5 @@ class ClipScore:
         check_frames(frames, prompts)
         scores = self.per_frame(frames, prompts)
         rewards = aggregate(scores, self.aggregation)
-        return rewards, {"clip_score_mean": scores.detach().mean().item(),
-                         "clip_score_min_frame": scores.detach().min().item()}
+        return rewards, {"clip_score_mean": scores.detach().mean(),
+                         "clip_score_min_frame": scores.detach().min()}

@@ -56,4 +56,4 @@ class XCLIPScore:
                          pixel_values=pixels)
         # logits_per_video[b, k] = scale * cos(video b, text k as conditioned on video b).
         cosine = out.logits_per_video.float().diagonal() / self.model.logit_scale.float().exp()
-        return cosine.to(frames.dtype), {"xclip_cosine_mean": cosine.detach().mean().item()}
+        return cosine.to(frames.dtype), {"xclip_cosine_mean": cosine.detach().mean()}

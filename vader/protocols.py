@@ -78,4 +78,13 @@ class Reward(Protocol):
     differentiable: bool
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """frames `(B, T, C, H, W)` in [0, 1] -> rewards `(B,)` and an info dict of floats/tensors."""
+        """frames `(B, T, C, H, W)` in [0, 1] -> rewards `(B,)` and an info dict. Its numbers
+        are detached one-element tensors (Python floats are accepted): turning them into floats
+        would make the host wait for the device in every step; the trainer reduces them with
+        its other per-step numbers instead. Entries of other kinds are not logged."""
+
+
+def info_numbers(info: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a reward's info that are logged: numbers and one-element tensors."""
+    return {k: v for k, v in info.items()
+            if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
