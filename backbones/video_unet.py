@@ -81,6 +81,7 @@ class VideoUNetBackbone:
         self.scheduler_config = {**dict(scheduler_config), **dict(scheduler_overrides or {})}
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
         self.decode_chunk = decode_chunk
+        self._empty_cache: tuple[Any, dict[int, torch.Tensor]] = (None, {})  # see _empty_prompts
         # UNetMotionModel wants one text embedding per frame (AnimateDiffPipeline repeats them);
         # UNet3DConditionModel repeats them itself.
         self.text_per_frame = text_per_frame
@@ -153,6 +154,30 @@ class VideoUNetBackbone:
     # --- model calls -----------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """CLIP embeddings of `prompts`. All-empty prompts (guidance's unconditional half, asked
+        for by every sampler call) come from a cache; callers must not modify what is returned."""
+        if prompts and all(p == "" for p in prompts):
+            return self._empty_prompts(len(prompts))
+        return self._encode(prompts)
+
+    def _empty_prompts(self, n: int) -> torch.Tensor:
+        # Encoded once per batch size (not one row repeated: a batch of one may round
+        # differently), and kept while the text encoder's weights are the same tensors, on the
+        # same device, in the same dtype, unmodified in place (`_version` counts in-place
+        # writes, e.g. load_state_dict). Never cached while the text encoder is trainable.
+        params = list(self.text_encoder.parameters())
+        if any(p.requires_grad for p in params):
+            return self._encode([""] * n)
+        state = (params[0].device, params[0].dtype, tuple((p.data_ptr(), p._version) for p in params))
+        if self._empty_cache[0] != state:
+            self._empty_cache = (state, {})
+        cached = self._empty_cache[1]
+        if n not in cached:
+            with torch.inference_mode(False):  # a cached inference tensor could not be saved for backward
+                cached[n] = self._encode([""] * n)
+        return cached[n]
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
         # Exactly the diffusers pipelines' `encode_prompt`: pad to the tokenizer's maximum, and
         # pass the attention mask only to encoders configured to use one.
         ids = self.tokenizer(list(prompts), padding="max_length", truncation=True,

@@ -4,6 +4,7 @@ sampler and for diffusers' TextToVideoSDPipeline on the same components and sett
     python -m benchmarks.step_vs_sample                           # tiny backbone, T=25, K=1, CFG
     python -m benchmarks.step_vs_sample --repeats 15 --json outputs/step_vs_sample.json
     python -m benchmarks.step_vs_sample --lora-targets linear --threads 1
+    python -m benchmarks.step_vs_sample --threads 1 --only train --repeats 30   # the step alone
 
 Three things are timed, each a whole video of `--frames` x `--height` x `--width`:
   train      one optimizer step as `RewardTrainer.train_step` runs it: T-K steps without a graph,
@@ -15,6 +16,9 @@ Three things are timed, each a whole video of `--frames` x `--height` x `--width
 After one warm-up of each, `--repeats` rounds run the three back to back, in a rotating order,
 so slow drift of the machine (other processes, clocks) hits all three alike; the ratios are
 taken within each round and their median and range reported. Prints a table; `--json` writes it.
+It also counts, in one more training step, what timing on a shared or noisy machine cannot
+resolve: text-encoder calls, and reads of a tensor's value by the project's code (`.item()`,
+`float(t)`, `.tolist()`, ...), each of which waits for the device on a GPU.
 
 The arithmetic floor of train/ours at T=25, K=1 with checkpointing is about 1.12-1.16: one
 extra forward to recompute the last step and about two forwards for its backward, against 25
@@ -27,6 +31,7 @@ import datetime
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -97,21 +102,51 @@ def timers(trainer, args):
     return {"train": train, "ours": ours, "diffusers": theirs}
 
 
+def count_step(trainer) -> dict[str, int]:
+    """Text-encoder calls and host reads by the project's code (not torch's or diffusers') in
+    one training step."""
+    root = Path(__file__).resolve().parents[1]
+    counts = {"text_encoder_calls": 0, "host_reads": 0}
+    hook = trainer.backbone.text_encoder.register_forward_pre_hook(
+        lambda *_: counts.__setitem__("text_encoder_calls", counts["text_encoder_calls"] + 1))
+    real = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__float__",
+                                                           "__int__", "__bool__")}
+
+    def wrap(method):
+        def counted(self, *args, **kwargs):
+            caller = Path(sys._getframe(1).f_code.co_filename).resolve()
+            if caller.is_relative_to(root):
+                counts["host_reads"] += 1
+            return method(self, *args, **kwargs)
+        return counted
+
+    try:
+        for name, method in real.items():
+            setattr(torch.Tensor, name, wrap(method))
+        trainer.train_step()
+    finally:
+        for name, method in real.items():
+            setattr(torch.Tensor, name, method)
+        hook.remove()
+    return counts
+
+
 def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     trainer = build(args)
     fns = timers(trainer, args)
-    for name in TIMED:  # warm-up: lazy inits, allocator pools, first-call kernel choices
+    timed = tuple(args.only or TIMED)
+    for name in timed:  # warm-up: lazy inits, allocator pools, first-call kernel choices
         fns[name]()
-    seconds: dict[str, list[float]] = {name: [] for name in TIMED}
+    seconds: dict[str, list[float]] = {name: [] for name in timed}
     for r in range(args.repeats):
-        order = TIMED[r % 3:] + TIMED[:r % 3]
+        order = timed[r % len(timed):] + timed[:r % len(timed)]
         for name in order:
             start = time.perf_counter()
             fns[name]()
             seconds[name].append(time.perf_counter() - start)
     lora = sum(p.numel() for p in trainer.params)
-    return {"seconds": seconds, "lora_parameters": lora}
+    return {"seconds": seconds, "lora_parameters": lora, "per_step": count_step(trainer)}
 
 
 def summarise(seconds: dict[str, list[float]]) -> dict:
@@ -119,9 +154,10 @@ def summarise(seconds: dict[str, list[float]]) -> dict:
         per_round = [x / y for x, y in zip(seconds[a], seconds[b])]
         return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
 
+    pairs = [(a, b) for a, b in (("train", "ours"), ("ours", "diffusers"), ("train", "diffusers"))
+             if a in seconds and b in seconds]
     return {"median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
-            "train/ours": ratio("train", "ours"), "ours/diffusers": ratio("ours", "diffusers"),
-            "train/diffusers": ratio("train", "diffusers")}
+            **{f"{a}/{b}": ratio(a, b) for a, b in pairs}}
 
 
 def main() -> None:
@@ -139,6 +175,9 @@ def main() -> None:
     ap.add_argument("--override", nargs="*", default=[],
                     help="more config overrides, e.g. backbone.checkpoint_blocks=true batch_cfg=false")
     ap.add_argument("--repeats", type=int, default=9, help="interleaved rounds measured")
+    ap.add_argument("--only", nargs="*", choices=TIMED,
+                    help="time only these (e.g. train: the training step alone, so more rounds "
+                         "fit; no ratios then)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
     args = ap.parse_args()
@@ -153,12 +192,15 @@ def main() -> None:
           f"({result['lora_parameters']:,} parameters), {args.repeats} interleaved rounds"
           + (f", overrides {' '.join(args.override)}" if args.override else ""))
     print(f"{'':>10} {'median s':>9} {'min s':>7} {'max s':>7}")
-    for name in TIMED:
-        s = result["seconds"][name]
+    for name, s in result["seconds"].items():
         print(f"{name:>10} {statistics.median(s):>9.3f} {min(s):>7.3f} {max(s):>7.3f}")
     for key in ("train/ours", "ours/diffusers", "train/diffusers"):
-        r = summary[key]
-        print(f"{key:>16}: {r['median']:.3f} (per-round range {r['min']:.3f}-{r['max']:.3f})")
+        if key in summary:
+            r = summary[key]
+            print(f"{key:>16}: {r['median']:.3f} (per-round range {r['min']:.3f}-{r['max']:.3f})")
+    counts = result["per_step"]
+    print(f"per training step: {counts['text_encoder_calls']} text-encoder calls, "
+          f"{counts['host_reads']} host reads of tensor values by the project's code")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"date": datetime.datetime.now().isoformat(),

@@ -105,11 +105,22 @@ def videomae_preprocess(images: torch.Tensor, settings: dict[str, Any]) -> torch
                                  settings["std"], settings["mode"])
 
 
+def clip_index(t: int, n: int) -> torch.Tensor:
+    """Indices of n frames evenly spaced over t, first and last included; repeats when t < n."""
+    return torch.linspace(0, t - 1, n).round().long()
+
+
 def sample_clip(frames: torch.Tensor, n: int) -> torch.Tensor:
     """(B, T, ...) -> (B, n, ...): n frames evenly spaced over the clip, first and last
     included; frames repeat when T < n."""
-    index = torch.linspace(0, frames.shape[1] - 1, n).round().long().to(frames.device)
-    return frames.index_select(1, index)
+    return frames.index_select(1, clip_index(frames.shape[1], n).to(frames.device))
+
+
+def clip_scored_frames(t: int, n: int) -> torch.Tensor:
+    """The distinct frames `sample_clip` takes from t: all of them when t <= n (the spacing is
+    under one frame, so rounding hits each), else n distinct ones (spacing over one frame).
+    Given just those, `sample_clip` takes them all in order: the same clip."""
+    return torch.unique(clip_index(t, n))
 
 
 def find_label(name: str, id2label: dict[int, str], key: str) -> int:
@@ -170,6 +181,10 @@ class ActionPrediction:
         self.target = None if action is None else find_label(action, self.id2label,
                                                              "reward_fn.action")
 
+    def scored_frames(self, num_frames: int) -> torch.Tensor:
+        """The frames the classifier sees, out of `num_frames` (see vader.protocols.Reward)."""
+        return clip_scored_frames(num_frames, self.num_frames)
+
     def targets(self, prompts: list[str]) -> list[int]:
         if self.target is not None:
             return [self.target] * len(prompts)
@@ -181,4 +196,4 @@ class ActionPrediction:
         pixels = clip_pixels(self.model, frames, self.num_frames, self.settings)
         logits = self.model(pixel_values=pixels).logits.float()
         probs = logits.softmax(dim=-1).gather(1, targets.view(-1, 1)).squeeze(1)
-        return probs.to(frames.dtype), {"actpred_prob_mean": probs.detach().mean().item()}
+        return probs.to(frames.dtype), {"actpred_prob_mean": probs.detach().mean()}

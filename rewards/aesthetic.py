@@ -100,5 +100,5 @@ class Aesthetic:
         check_frames(frames, prompts)
         scores = self.per_frame(frames)
         rewards = aggregate(scores, self.aggregation)
-        return rewards, {"aesthetic_mean": scores.detach().mean().item(),
-                         "aesthetic_min_frame": scores.detach().min().item()}
+        return rewards, {"aesthetic_mean": scores.detach().mean(),
+                         "aesthetic_min_frame": scores.detach().min()}

@@ -20,4 +20,4 @@ class Brightness:
         check_frames(frames, prompts)
         # float32 so a mean over millions of half-precision pixels does not lose digits.
         rewards = luma(frames.float()).mean(dim=(1, 2, 3))
-        return rewards.to(frames.dtype), {"brightness_mean": rewards.detach().mean().item()}
+        return rewards.to(frames.dtype), {"brightness_mean": rewards.detach().mean()}

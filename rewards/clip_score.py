@@ -51,6 +51,11 @@ class ClipScore:
         self.clip = load_clip(pretrained, processor, dtype, "reward_fn.pretrained",
                               "reward_fn.processor")
 
+    def scored_frames(self, num_frames: int) -> torch.Tensor:
+        """The frames scored out of `num_frames` (see vader.protocols.Reward). Given just those,
+        `spread_indices` takes them all: the same score."""
+        return spread_indices(num_frames, self.num_frames_scored)
+
     def per_frame(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """(B, T, 3, H, W) -> similarities (B, T') over the scored frames, float32."""
         index = spread_indices(frames.shape[1], self.num_frames_scored).to(frames.device)
@@ -63,5 +68,5 @@ class ClipScore:
         check_frames(frames, prompts)
         scores = self.per_frame(frames, prompts)
         rewards = aggregate(scores, self.aggregation)
-        return rewards, {"clip_score_mean": scores.detach().mean().item(),
-                         "clip_score_min_frame": scores.detach().min().item()}
+        return rewards, {"clip_score_mean": scores.detach().mean(),
+                         "clip_score_min_frame": scores.detach().min()}

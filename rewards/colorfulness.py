@@ -34,4 +34,4 @@ class Colorfulness:
         per_frame = (safe_sqrt(var_rg + var_yb, self.eps)
                      + 0.3 * safe_sqrt(mean_rg.square() + mean_yb.square(), self.eps))
         rewards = per_frame.mean(dim=1)
-        return rewards.to(frames.dtype), {"colorfulness_mean": rewards.detach().mean().item()}
+        return rewards.to(frames.dtype), {"colorfulness_mean": rewards.detach().mean()}

@@ -8,6 +8,9 @@ matches PIL's to within a few 1e-3 on natural images (tests measure it per rewar
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -42,9 +45,19 @@ def resize_crop_normalize(images: torch.Tensor, size: int, crop: int | None,
         start = (lambda m: m // 2) if crop_rounding == "floor" else (lambda m: int(round(m / 2)))
         top, left = start(new_h - crop), start(new_w - crop)
         images = images[..., top:top + crop, left:left + crop]
-    mean_t = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+    mean_t = channel_constant(tuple(mean), images.device, images.dtype)
+    std_t = channel_constant(tuple(std), images.device, images.dtype)
     return (images - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=32)
+def channel_constant(values: tuple[float, ...], device: torch.device,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """`values` as a (1, C, 1, 1) tensor, made once per device and dtype: building it in every
+    call meant a host-to-device copy per reward call. Never modified (callers only read it)."""
+    # Made outside inference mode, so autograd may save it for backward (division does).
+    with torch.inference_mode(False):
+        return torch.tensor(values, device=device, dtype=dtype).view(1, -1, 1, 1)
 
 
 def aggregate(per_frame: torch.Tensor, how: str = "mean", temperature: float = 0.1) -> torch.Tensor:
@@ -58,7 +71,7 @@ def aggregate(per_frame: torch.Tensor, how: str = "mean", temperature: float = 0
     if how == "softmin":
         n = per_frame.shape[1]
         return -temperature * torch.logsumexp(-per_frame / temperature, dim=1) \
-            + temperature * torch.log(torch.tensor(float(n), device=per_frame.device))
+            + temperature * math.log(n)
     if how == "mean+min":
         return 0.5 * (per_frame.mean(dim=1) + per_frame.min(dim=1).values)
     raise ValueError(f"aggregation {how!r} is not one of {AGGREGATIONS}")

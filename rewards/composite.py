@@ -19,6 +19,7 @@ import torch
 from rewards import check_frames
 from vader.frames import check_frames as check_frame_spec
 from vader.loss import reward_loss
+from vader.protocols import info_numbers
 
 
 class Composite:
@@ -59,10 +60,9 @@ class Composite:
             value, part_info = reward(self._frames_for(reward.frames, frames), prompts)
             values[name] = value
             total = total + weight * value.float()
-            info[name] = value.detach().float().mean().item()
-            info.update({f"{name}/{k}": v for k, v in part_info.items()
-                         if isinstance(v, (int, float))})
-        info["parts"] = values  # tensors, for `loss`; the trainer logs only the numbers
+            info[name] = value.detach().float().mean()
+            info.update({f"{name}/{k}": v for k, v in info_numbers(part_info).items()})
+        info["parts"] = values  # (B,) tensors, for `loss`; the trainer logs only the numbers
         return total, info
 
     def loss(self, rewards: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:

@@ -24,4 +24,4 @@ class Contrast:
         # Not torch.std: its gradient is NaN on a flat frame, which is where a gray video starts.
         var = (y - y.mean(dim=2, keepdim=True)).square().mean(dim=2)
         rewards = safe_sqrt(var, self.eps).mean(dim=1)
-        return rewards.to(frames.dtype), {"contrast_mean": rewards.detach().mean().item()}
+        return rewards.to(frames.dtype), {"contrast_mean": rewards.detach().mean()}

@@ -104,5 +104,5 @@ class HPS:
         image = self.model.encode_image(images, normalize=True).float()  # (B*T, D)
         per_frame = (image.view(b, t, -1) * text.float().unsqueeze(1)).sum(-1)  # (B, T) cosines
         rewards = aggregate(per_frame, self.aggregation)
-        return rewards.to(frames.dtype), {"hps_mean": rewards.detach().float().mean().item(),
-                                          "hps_frame_min": per_frame.detach().min().item()}
+        return rewards.to(frames.dtype), {"hps_mean": rewards.detach().float().mean(),
+                                          "hps_frame_min": per_frame.detach().min()}

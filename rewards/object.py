@@ -120,4 +120,4 @@ class ObjectDetection:
         p = logits.softmax(dim=-1).gather(2, index).squeeze(2).max(dim=1).values.view(b, t)
         per_frame = p if self.mode == "maximize" else 1 - p
         rewards = aggregate(per_frame, self.aggregation)
-        return rewards.to(frames.dtype), {"object_prob_mean": p.detach().mean().item()}
+        return rewards.to(frames.dtype), {"object_prob_mean": p.detach().mean()}

@@ -41,5 +41,5 @@ class PickScore:
         check_frames(frames, prompts)
         scores = self.per_frame(frames, prompts)
         rewards = aggregate(scores, self.aggregation)
-        return rewards, {"pickscore_mean": scores.detach().mean().item(),
-                         "pickscore_min_frame": scores.detach().min().item()}
+        return rewards, {"pickscore_mean": scores.detach().mean(),
+                         "pickscore_min_frame": scores.detach().min()}

@@ -12,8 +12,8 @@ import torch
 
 from backbones.loading import Source, check_source, load_part
 from rewards import check_frames
-from rewards.actpred import (check_frames_option, clip_pixels, load_cached, read_json,
-                             videomae_settings)
+from rewards.actpred import (check_frames_option, clip_pixels, clip_scored_frames, load_cached,
+                             read_json, videomae_settings)
 
 
 class XCLIPScore:
@@ -43,6 +43,10 @@ class XCLIPScore:
         self.tokenizer = load_part(CLIPTokenizer, tokenizer_source)
         self.num_frames = self.model.config.vision_config.num_frames
 
+    def scored_frames(self, num_frames: int) -> torch.Tensor:
+        """The frames X-CLIP sees, out of `num_frames` (see vader.protocols.Reward)."""
+        return clip_scored_frames(num_frames, self.num_frames)
+
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)
         pixels = clip_pixels(self.model, frames, self.num_frames, self.settings)
@@ -52,4 +56,4 @@ class XCLIPScore:
                          pixel_values=pixels)
         # logits_per_video[b, k] = scale * cos(video b, text k as conditioned on video b).
         cosine = out.logits_per_video.float().diagonal() / self.model.logit_scale.float().exp()
-        return cosine.to(frames.dtype), {"xclip_cosine_mean": cosine.detach().mean().item()}
+        return cosine.to(frames.dtype), {"xclip_cosine_mean": cosine.detach().mean()}

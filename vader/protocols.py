@@ -66,10 +66,25 @@ class Backbone(Protocol):
 class Reward(Protocol):
     """Scores videos. `frames` says which frames it needs decoded: "all", "random" (one random
     frame per video) or an int n (every n-th frame). A differentiable reward lets gradients flow
-    from the score back to the frames."""
+    from the score back to the frames.
+
+    Optional: a reward that scores only some of the frames it is given has a method
+    `scored_frames(n) -> LongTensor`, the sorted indices of those frames out of n, such that
+    calling it on just them gives the same score; the trainer then decodes only those
+    (`vader.frames.frames_to_decode`). It is not a member here, so rewards without it still
+    satisfy the protocol."""
 
     frames: str | int
     differentiable: bool
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
-        """frames `(B, T, C, H, W)` in [0, 1] -> rewards `(B,)` and an info dict of floats/tensors."""
+        """frames `(B, T, C, H, W)` in [0, 1] -> rewards `(B,)` and an info dict. Its numbers
+        are detached one-element tensors (Python floats are accepted): turning them into floats
+        would make the host wait for the device in every step; the trainer reduces them with
+        its other per-step numbers instead. Entries of other kinds are not logged."""
+
+
+def info_numbers(info: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a reward's info that are logged: numbers and one-element tensors."""
+    return {k: v for k, v in info.items()
+            if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}

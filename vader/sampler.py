@@ -80,13 +80,21 @@ def cutoff_index(mode: str, num_steps: int, backprop_steps: int = 1,
 
 
 def make_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+               dtype: torch.dtype = torch.float32, draw_on: torch.device | str = "cpu") -> torch.Tensor:
     """One generator per video: a video's noise depends on its seed alone, not on how a batch is
-    split across processes or micro-batches, which makes multi-GPU runs match one-GPU runs."""
+    split across processes or micro-batches, which makes multi-GPU runs match one-GPU runs.
+
+    draw_on: where the generators run. "cpu" (the initial noise): the same numbers on every
+    machine, copied to `device`. The sampler draws DDIM's per-step eta noise on the latents'
+    device instead, so no step waits for a host-to-device copy; on a CPU that is the same
+    numbers, but a CUDA generator (Philox) draws other numbers than a CPU one (Mersenne Twister)
+    for the same seed, so with eta > 0 a GPU run's samples depend on the seed and on the device
+    type: still the same on every process and after a resume, not the same as on a CPU."""
     if len(seeds) != shape[0]:
         raise ValueError(f"need one seed per video: {len(seeds)} seeds for batch {shape[0]}")
-    noise = [torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(s)))
-             for s in seeds]
+    draw_on = torch.device(draw_on)
+    noise = [torch.randn(shape[1:], generator=torch.Generator(draw_on).manual_seed(int(s)),
+                         device=draw_on) for s in seeds]
     return torch.stack(noise).to(device=device, dtype=dtype)
 
 
@@ -135,7 +143,10 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     if len(prompts) != noise.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {noise.shape[0]} noise samples")
     scheduler = backbone.make_scheduler()
-    scheduler.set_timesteps(num_inference_steps, device=noise.device)
+    # Timesteps stay on the CPU (the network moves its timestep to the latents' device): DDIM's
+    # `step` indexes its CPU alphas with the timestep and compares it with 0, which with a GPU
+    # timestep makes the host wait for the GPU at every step. Same values either way.
+    scheduler.set_timesteps(num_inference_steps)
     guided = guidance_scale > 1.0
     cond = backbone.encode_prompts(list(prompts))
     if guided:
@@ -150,36 +161,39 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     # Dynamo reports a failed compile on the first call, as one of its own exception types.
     compile_errors = _dynamo_errors() if compile_no_grad_steps else ()
 
-    def eps(x: torch.Tensor, t: torch.Tensor, net: nn.Module) -> torch.Tensor:
+    def eps(x_in: torch.Tensor, t: torch.Tensor, net: nn.Module) -> torch.Tensor:
+        """The guided noise prediction for `x_in`, already scaled by the scheduler."""
         if not guided:
-            return backbone.predict(net, scheduler.scale_model_input(x, t), t, cond)
+            return backbone.predict(net, x_in, t, cond)
         if batch_cfg:
-            out = backbone.predict(net, scheduler.scale_model_input(torch.cat([x, x]), t), t, cond)
-            uncond, text = out.chunk(2)
+            uncond, text = backbone.predict(net, torch.cat([x_in, x_in]), t, cond).chunk(2)
         else:
-            x_in = scheduler.scale_model_input(x, t)
             uncond, text = (backbone.predict(net, x_in, t, c) for c in cond.chunk(2))
         return uncond + guidance_scale * (text - uncond)
 
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff
         with torch.set_grad_enabled(track):
+            # Scaled outside the checkpoint: Euler's `scale_model_input` reads the step index
+            # that `step` advances, so a recomputation in backward would scale with the sigma
+            # of whatever step the sampler had reached by then, not this one's.
+            x_in = scheduler.scale_model_input(latents, t)
             if track and checkpoint_steps:
                 # Only the network call is checkpointed: multistep schedulers mutate their state
                 # in `step`, which a recomputation must not repeat.
-                out = checkpoint(eps, latents, t, model, use_reentrant=False)
+                out = checkpoint(eps, x_in, t, model, use_reentrant=False)
             elif track:
-                out = eps(latents, t, model)
+                out = eps(x_in, t, model)
             else:
                 try:
-                    out = eps(latents, t, no_grad_model)
+                    out = eps(x_in, t, no_grad_model)
                 except compile_errors as err:
                     raise compile_error(err) from err
             kwargs = {}
             if eta > 0:
                 kwargs = {"eta": eta, "variance_noise": make_noise(
                     tuple(latents.shape), [s * 1000 + i for s in step_seeds or range(len(prompts))],
-                    latents.device, latents.dtype)}
+                    latents.device, latents.dtype, draw_on=latents.device)}
             latents = scheduler.step(out, t, latents, **kwargs).prev_sample
     return latents
 

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from vader.frames import select_frames
+from vader.protocols import info_numbers
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
 
@@ -96,7 +97,8 @@ def score(videos: list[Path], reward, prompts: dict[str, str], prompt: str | Non
             with torch.no_grad():  # scoring only; the rewards stay differentiable for training
                 value, info = reward(frames, [row["prompt"]])
             row.update(reward=float(value[0]), frames=int(frames.shape[1]),
-                       **{k: v for k, v in info.items() if isinstance(v, (int, float))})
+                       **{k: float(v) if isinstance(v, torch.Tensor) else v
+                          for k, v in info_numbers(info).items()})
         except Exception as err:  # one bad file must not stop the others
             row["error"] = f"{type(err).__name__}: {err}"
         rows.append(row)

@@ -24,11 +24,11 @@ from vader import checkpoint as ckpt
 from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
 from vader.evaluation import Embedder, VideoSpec, evaluate, headline
-from vader.frames import check_frames, select_frames
+from vader.frames import check_frames, frames_to_decode
 from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
-from vader.protocols import Backbone, Reward
+from vader.protocols import Backbone, Reward, info_numbers
 from vader.sampler import check_backprop, cutoff_index, dead_steps, make_noise, sample
 from vader.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
 from vader.video import SUPPORTED_SUFFIXES
@@ -178,7 +178,7 @@ class RewardTrainer:
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         losses, rewards, infos = [], [], []
-        grad_norm, skipped = float("nan"), False
+        grad_norm, skipped = torch.full((1,), float("nan"), device=acc.device), False
         # Non-finite losses or rewards seen in this step's micro-steps, counted on the device so
         # the check costs no synchronisation until the one all-reduce that decides the update.
         non_finite = torch.zeros((), device=acc.device)
@@ -188,7 +188,7 @@ class RewardTrainer:
             with acc.accumulate(self.model):
                 with acc.autocast():
                     loss, values, info = self.forward_loss(prompts, seeds, rng)
-                infos.append({k: float(v) for k, v in info.items() if isinstance(v, (int, float))})
+                infos.append(info_numbers(info))  # tensors: read once, after the step
                 acc.backward(loss)
                 non_finite += (~torch.isfinite(loss.detach())).float() \
                     + (~torch.isfinite(values.detach())).any().float()
@@ -200,7 +200,7 @@ class RewardTrainer:
                             [p.grad.norm() for p in self.params if p.grad is not None]))
                     skipped = self._skip_update(non_finite, norm)
                     if not skipped:
-                        grad_norm = float(norm)
+                        grad_norm = norm.detach().float().reshape(1)
                         self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
@@ -208,12 +208,17 @@ class RewardTrainer:
         if not skipped:
             self.lr_schedule.step()
         # Averages over all processes, so the log shows the global batch: one all-reduce for
-        # every logged number rather than one per number.
+        # every logged number rather than one per number, and one copy to the host. The
+        # gradient norm, the same on every process, joins after the reduce, unaveraged.
         keys = list(infos[0])
-        local = torch.stack([torch.stack(losses).mean(), torch.stack(rewards).mean(),
-                             *torch.tensor([[i[k] for k in keys] for i in infos],
-                                           device=acc.device).mean(0)])
-        loss_mean, reward_mean, *info_means = acc.reduce(local, "mean").tolist()
+        numbers = [torch.as_tensor(i[k], device=acc.device).float().reshape(())
+                   for i in infos for k in keys]
+        info_local = (torch.stack(numbers).view(len(infos), len(keys)).mean(0) if numbers
+                      else torch.zeros(0, device=acc.device))
+        local = torch.cat([torch.stack([torch.stack(losses).mean(), torch.stack(rewards).mean()]),
+                           info_local])
+        logged = torch.cat([acc.reduce(local, "mean"), grad_norm.to(local.device)])
+        loss_mean, reward_mean, *info_means, grad_norm = logged.tolist()
         info = dict(zip(keys, info_means))
         self.step += 1
         self.nonfinite.record(skipped, self.step, "loss, reward or gradient", self.last_checkpoint)
@@ -244,8 +249,8 @@ class RewardTrainer:
                              step_seeds=seeds, gradient_checkpointing=cfg.gradient_checkpointing,
                              batch_cfg=cfg.batch_cfg,
                              compile_no_grad_steps=cfg.compile_no_grad_steps)
-            frames = self.backbone.decode(latents, select_frames(self.reward.frames,
-                                                                 cfg.num_frames, rng))
+            frames = self.backbone.decode(latents, frames_to_decode(self.reward,
+                                                                    cfg.num_frames, rng))
             values, info = self.reward(frames, prompts)
             if hasattr(self.reward, "loss"):  # a reward with its own shaping (composite)
                 loss = self.reward.loss(values, info).mean()
