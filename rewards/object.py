@@ -12,9 +12,9 @@ import torch
 
 from backbones.loading import Source, check_source
 from rewards import check_frames
-from rewards.actpred import (RESAMPLE, check_frames_option, find_label, label_in_text,
-                             load_cached, read_json, resize_to)
 from rewards.common import aggregate, check_aggregation, flatten_frames, resize_crop_normalize
+from rewards.video_models import (RESAMPLE, check_frames_option, find_label, label_in_text,
+                                  load_cached, read_json, resize_to)
 
 MODES = ("maximize", "minimize")
 

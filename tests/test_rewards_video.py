@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rewards.actpred import (ActionPrediction, sample_clip, videomae_preprocess,
-                             videomae_settings)
+from rewards.actpred import ActionPrediction
 from rewards.object import ObjectDetection, yolos_preprocess, yolos_settings, yolos_size
+from rewards.video_models import sample_clip, videomae_preprocess, videomae_settings
 from rewards.xclip import XCLIPScore
 from tests import tiny_video_models as tvm
 from tests.conftest import CONF
