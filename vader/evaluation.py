@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vader import eval_stats
 from vader.files import atomic_write_text
-from vader.frames import select_frames
+from vader.frames import score, select_frames
 from vader.protocols import Backbone, Reward
 from vader.sampler import make_noise, sample
 from vader.video import save_video
@@ -95,14 +95,15 @@ def _generate(backbone: Backbone, model: nn.Module, prompts: list[str], seeds: l
 
 def _score(rewards: dict[str, Reward], frames: torch.Tensor, prompts: list[str],
            seeds: list[int], accelerator: Accelerator) -> dict[str, list[float]]:
-    """Every reward on the frames it asks for; a reward that picks random frames picks them
-    from the video's seed, so base and tuned are scored on the same frames."""
+    """Every reward on the frames it asks for; a reward that picks random frames (itself or,
+    for a composite, its parts) picks them from the video's seed, so base and tuned are scored
+    on the same frames."""
     scores = {}
     for name, reward in rewards.items():
         picks = [select_frames(reward.frames, frames.shape[1], random.Random(s)) for s in seeds]
         scored = torch.cat([f[None] if idx is None else f[None, idx] for f, idx in zip(frames, picks)])
         with accelerator.autocast():
-            values, _ = reward(scored, prompts)
+            values, _ = score(reward, scored, prompts, [random.Random(s) for s in seeds])
         scores[f"reward/{name}"] = values.float().cpu().tolist()
     return scores
 

@@ -3,6 +3,8 @@ sampler's latents are decoded only for the frames the reward asks for."""
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -25,3 +27,13 @@ def select_frames(spec: str | int, num_frames: int, rng: random.Random) -> torch
     if spec == "random":
         return torch.tensor([rng.randrange(num_frames)])
     return torch.arange(0, num_frames, int(spec))
+
+
+def score(reward: Any, frames: torch.Tensor, prompts: list[str],
+          rngs: Sequence[random.Random]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`reward(frames, prompts)`; a reward that picks frames itself (`picks_frames`: a
+    composite, rewards/composite.py) also gets `rngs`, one generator per video, so its picks
+    come from the caller's (seed, step) or per-video seeds like every other random choice."""
+    if getattr(reward, "picks_frames", False):
+        return reward(frames, prompts, rngs=rngs)
+    return reward(frames, prompts)

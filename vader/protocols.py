@@ -66,7 +66,8 @@ class Backbone(Protocol):
 class Reward(Protocol):
     """Scores videos. `frames` says which frames it needs decoded: "all", "random" (one random
     frame per video) or an int n (every n-th frame). A differentiable reward lets gradients flow
-    from the score back to the frames."""
+    from the score back to the frames. A reward that picks frames itself (a composite) sets
+    `picks_frames` and takes `rngs`, one generator per video (vader.frames.score)."""
 
     frames: str | int
     differentiable: bool

@@ -24,7 +24,7 @@ from vader import checkpoint as ckpt
 from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
 from vader.evaluation import Embedder, VideoSpec, evaluate, headline
-from vader.frames import check_frames, select_frames
+from vader.frames import check_frames, score, select_frames
 from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
@@ -246,7 +246,7 @@ class RewardTrainer:
                              compile_no_grad_steps=cfg.compile_no_grad_steps)
             frames = self.backbone.decode(latents, select_frames(self.reward.frames,
                                                                  cfg.num_frames, rng))
-            values, info = self.reward(frames, prompts)
+            values, info = score(self.reward, frames, prompts, [rng] * len(prompts))
             if hasattr(self.reward, "loss"):  # a reward with its own shaping (composite)
                 loss = self.reward.loss(values, info).mean()
             else:
