@@ -15,8 +15,9 @@ import torch
 
 from backbones.loading import Source, check_source
 from rewards import check_frames
-from rewards.video_models import (check_frames_option, clip_pixels, find_label, label_in_text,
-                                  load_cached, read_json, videomae_settings)
+from rewards.video_models import (check_frames_option, check_prompt_labels, clip_pixels,
+                                  find_label, label_in_text, load_cached, read_json,
+                                  videomae_settings)
 
 
 class ActionPrediction:
@@ -47,10 +48,18 @@ class ActionPrediction:
         self.target = None if action is None else find_label(action, self.id2label,
                                                              "reward_fn.action")
 
+    def _match(self, prompt: str) -> int:
+        return label_in_text(prompt, self.id2label, "Kinetics action")
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """ValueError listing every prompt without a Kinetics class (none with `action` set)."""
+        if self.target is None:
+            check_prompt_labels(prompts, self._match, "Kinetics action", "reward_fn.action")
+
     def targets(self, prompts: list[str]) -> list[int]:
         if self.target is not None:
             return [self.target] * len(prompts)
-        return [label_in_text(p, self.id2label, "Kinetics action") for p in prompts]
+        return [self._match(p) for p in prompts]
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)

@@ -50,6 +50,12 @@ class Composite:
         specs = {reward.frames for reward, *_ in self.parts.values()}
         self.frames = specs.pop() if len(specs) == 1 else "all"
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Each part's own prompt check (rewards that match classes to prompts have one)."""
+        for reward, *_ in self.parts.values():
+            if hasattr(reward, "check_prompts"):
+                reward.check_prompts(prompts)
+
     def _frames_for(self, spec: str | int, frames: torch.Tensor,
                     rngs: Sequence[random.Random]) -> torch.Tensor:
         if self.frames != "all" or spec == "all":

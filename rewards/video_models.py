@@ -134,3 +134,21 @@ def label_in_text(text: str, id2label: dict[int, str], what: str, plurals: bool 
         raise ValueError(f"no {what} class name occurs in the prompt {text!r}; name the {what} "
                          f"in the prompt or set it in the reward config")
     return best[1]
+
+
+def check_prompt_labels(prompts: list[str], match: Any, what: str, key: str) -> None:
+    """Raise one ValueError listing every prompt in which `match` (a prompt -> class index
+    function raising ValueError) finds no class. The trainer calls this through a reward's
+    `check_prompts` on all its prompts when it is built, so a missing class stops every process
+    at once, before training, instead of one process mid-run while the others wait for it."""
+    unmatched = []
+    for prompt in dict.fromkeys(prompts):
+        try:
+            match(prompt)
+        except ValueError:
+            unmatched.append(prompt)
+    if unmatched:
+        raise ValueError(
+            f"{len(unmatched)} of {len(set(prompts))} prompts name no {what} class of this model: "
+            f"{unmatched}. Name one in each prompt, drop those prompts, or set {key} to score "
+            "every video against one class")

@@ -67,7 +67,10 @@ class Reward(Protocol):
     """Scores videos. `frames` says which frames it needs decoded: "all", "random" (one random
     frame per video) or an int n (every n-th frame). A differentiable reward lets gradients flow
     from the score back to the frames. A reward that picks frames itself (a composite) sets
-    `picks_frames` and takes `rngs`, one generator per video (vader.frames.score)."""
+    `picks_frames` and takes `rngs`, one generator per video (vader.frames.score). A reward
+    that reads something from each prompt (a class name) may offer `check_prompts(prompts)`,
+    raising one ValueError that lists every prompt it cannot use; the trainer calls it on all
+    its prompts when it is built."""
 
     frames: str | int
     differentiable: bool

@@ -88,6 +88,12 @@ class RewardTrainer:
         self.rewards = {reward_name: reward, **{k: v for k, v in (eval_rewards or {}).items()
                                                  if k != reward_name}}
         self.reward_name, self.embed = reward_name, embed
+        # Rewards that read a class from each prompt check every prompt now, on every process,
+        # rather than failing on one process mid-run while the others wait in a collective.
+        for name, r in self.rewards.items():  # evaluation rewards see held-out prompts only
+            if hasattr(r, "check_prompts"):
+                train = prompts.train if name == reward_name and not cfg.only_val else []
+                r.check_prompts([*train, *prompts.val])
         scheduler = backbone.make_scheduler()
         if cfg.eta > 0 and "eta" not in inspect.signature(scheduler.step).parameters:
             raise ValueError(f"eta={cfg.eta} needs a DDIM scheduler; {type(scheduler).__name__} "
