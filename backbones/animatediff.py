@@ -36,7 +36,7 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
                 lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
                 decode_chunk: int = 1, gradient_checkpointing: bool = True,
                 attention: str = "sdpa",
-                checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+                checkpoint_blocks: bool = True) -> VideoUNetBackbone:
     adapter = Source("backbone.motion_adapter", motion_adapter, "config.json")
     return motion_backbone(
         "animatediff", adapter, lambda: load_part(MotionAdapter, adapter), pretrained, revision,

@@ -51,7 +51,7 @@ def animatediff_lightning(pretrained: str = "emilianJR/epiCRealism",
                           lora_target_modules: list[str] | None = None, decode_chunk: int = 1,
                           gradient_checkpointing: bool = True,
                           attention: str = "sdpa",
-                          checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+                          checkpoint_blocks: bool = True) -> VideoUNetBackbone:
     source = Source("backbone.lightning", lightning, lightning_file(steps), weights=False)
     return motion_backbone(
         "animatediff_lightning", source, lambda: load_adapter(source, adapter_config), pretrained,

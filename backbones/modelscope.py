@@ -21,7 +21,7 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
                lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
                decode_chunk: int = 1, gradient_checkpointing: bool = True,
                attention: str = "sdpa",
-               checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+               checkpoint_blocks: bool = True) -> VideoUNetBackbone:
     check_scheduler(scheduler)
     check_attention(attention)  # before any weight loads
     weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")

@@ -2,6 +2,7 @@
 their targets; a sweep makes one complete run directory per job."""
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import CONF, ROOT, TINY, compose_cfg
-from vader.config import check_targets
+from vader.config import _target_params, check_targets
 
 
 @pytest.mark.parametrize("override, key", [("lrr=1", "lrr"), ("lr=abc", "lr"),
@@ -50,6 +51,24 @@ def test_shipped_yaml_fits_its_target(path):
         for key in [k for k in node if OmegaConf.is_missing(node, k)]:
             node[key] = "x"
     check_targets(node)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "experiment"),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_yaml_values_are_the_python_defaults(path):
+    # One source of truth: a group option's YAML states its target's defaults (or leaves a key
+    # out, or passes a top-level key through). A YAML value that differs from the Python default
+    # means code that builds the target directly (tests, notebooks) gets another model.
+    node = OmegaConf.load(path)
+    params, _ = _target_params(node._target_)
+    plain = OmegaConf.to_container(node, resolve=False)
+    for key, value in plain.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if key.startswith("_") or OmegaConf.is_interpolation(node, key) \
+                or default is inspect.Parameter.empty:  # required: the YAML must give it
+            continue
+        default = list(default) if isinstance(default, tuple) else default
+        assert value == default, f"{path.name}: {key}={value!r}, but the Python default is {default!r}"
 
 
 def test_typo_on_command_line_fails_before_anything_is_built(tmp_path):
