@@ -114,12 +114,13 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
              out_dir: Path | None = None, models: tuple[str, ...] = MODELS,
              embed: Embedder = eval_stats.pixel_embedding, fps: int = 8,
              title: str = "", checkpoint: str | None = None, gallery: bool = True,
-             on_summary: Callable[[dict], None] | None = None) -> dict:
+             on_summary: Callable[[dict], None] | None = None, video_format: str = "mp4") -> dict:
     """Generate, score and measure every (prompt, seed) with each of `models` ("base": LoRA
     disabled, "tuned": as loaded). The first reward is the training reward. `on_summary` runs on
     every process once the numbers are in, before the report is written (the trainer logs them
     and draws the reward curve the gallery shows). The main process writes everything into
-    `out_dir`; every process returns the summary."""
+    `out_dir`, each video once as `video_format` (mp4 or gif); every process returns the
+    summary."""
     if not rewards:
         raise ValueError("evaluation needs at least one reward")
     unknown = set(models) - set(MODELS)
@@ -154,11 +155,9 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
             video, embedding = row.pop("video"), row.pop("embedding")
             embeddings[(row["model"], row["prompt_index"], row["seed"])] = embedding
             name = _video_name(row["prompt_index"], row["prompt"], row["seed"])
-            row["gif"] = f"videos/{row['model']}/{name}.gif"
-            row["mp4"] = f"videos/{row['model']}/{name}.mp4"
+            row["video"] = f"videos/{row['model']}/{name}.{video_format}"
             if write:
-                for suffix in ("gif", "mp4"):
-                    save_video(video.float() / 255, Path(out_dir) / row[suffix], fps=fps)
+                save_video(video.float() / 255, Path(out_dir) / row["video"], fps=fps)
             rows.append(row)
         bar.update(len(gathered))
     bar.close()
@@ -180,7 +179,7 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
                   metric_keys: list[str], gallery: bool = True) -> None:
     """metrics.csv (one row per video), summary.json, and when asked the base-vs-tuned plot and
     the HTML gallery. Each file appears complete or not at all."""
-    columns = ["prompt_index", "prompt", "seed", "model", *metric_keys, "gif", "mp4"]
+    columns = ["prompt_index", "prompt", "seed", "model", *metric_keys, "video"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -276,7 +276,7 @@ class RewardTrainer:
         return evaluate(self.backbone, model, rewards or self.rewards, self.prompts.val, seeds,
                         self.spec, self.accelerator, cfg.val_batch_size, out_dir, models,
                         self.embed, cfg.fps, title=title, checkpoint=self._checkpoint_name(),
-                        gallery=gallery, on_summary=on_summary)
+                        gallery=gallery, on_summary=on_summary, video_format=cfg.video_format)
 
     def _checkpoint_name(self) -> str | None:
         if self.cfg.only_val:
