@@ -77,6 +77,17 @@ def lora_disabled(module: nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
+def set_lora_dropout(module: nn.Module, active: bool) -> None:
+    """Switch the dropout on every peft LoRA layer's input on (a training step) or off
+    (evaluation). Only the dropout modules change mode: the frozen model stays in eval mode,
+    so nothing else in it behaves differently while training."""
+    from peft.tuners.lora import LoraLayer
+
+    for layer in module.modules():
+        if isinstance(layer, LoraLayer):
+            layer.lora_dropout.train(active)
+
+
 def _video_name(prompt_index: int, prompt: str, seed: int) -> str:
     return f"{prompt_index:03d}_{slug(prompt)}_seed{seed}"
 
@@ -123,6 +134,7 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
     summary."""
     if not rewards:
         raise ValueError("evaluation needs at least one reward")
+    set_lora_dropout(model, False)  # the tuned model as it will be used: deterministic
     unknown = set(models) - set(MODELS)
     if unknown or not models:
         raise ValueError(f"models must be a non-empty subset of {MODELS}, got {models}")

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from vader import checkpoint as ckpt
 from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
-from vader.evaluation import Embedder, VideoSpec, evaluate, headline
+from vader.evaluation import Embedder, VideoSpec, evaluate, headline, set_lora_dropout
 from vader.frames import check_frames, score, select_frames
 from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
 from vader.loss import reward_loss
@@ -188,6 +188,7 @@ class RewardTrainer:
         # Non-finite losses or rewards seen in this step's micro-steps, counted on the device so
         # the check costs no synchronisation until the one all-reduce that decides the update.
         non_finite = torch.zeros((), device=acc.device)
+        set_lora_dropout(self.model, True)  # backbone.lora_dropout; evaluation switches it off
         for micro in range(cfg.gradient_accumulation_steps):
             rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
             prompts, seeds = self.batch(self.step, micro)
