@@ -34,9 +34,10 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
                 text_encoder_dtype: str = "bf16", scheduler: str = "ddim",
                 scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
                 lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
+                lora_dropout: float = 0.0,
                 decode_chunk: int = 1, gradient_checkpointing: bool = True,
                 attention: str = "sdpa",
-                checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+                checkpoint_blocks: bool = True) -> VideoUNetBackbone:
     adapter = Source("backbone.motion_adapter", motion_adapter, "config.json")
     return motion_backbone(
         "animatediff", adapter, lambda: load_part(MotionAdapter, adapter), pretrained, revision,
@@ -44,6 +45,7 @@ def animatediff(pretrained: str = "stable-diffusion-v1-5/stable-diffusion-v1-5",
         scheduler=scheduler,
         scheduler_overrides=ANIMATEDIFF_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        lora_dropout=lora_dropout,
         decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
         attention=attention, checkpoint_blocks=checkpoint_blocks)
 

@@ -48,10 +48,11 @@ def animatediff_lightning(pretrained: str = "emilianJR/epiCRealism",
                           scheduler: str = "euler",
                           scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
                           lora_alpha: float | None = None,
-                          lora_target_modules: list[str] | None = None, decode_chunk: int = 1,
+                          lora_target_modules: list[str] | None = None,
+                          lora_dropout: float = 0.0, decode_chunk: int = 1,
                           gradient_checkpointing: bool = True,
                           attention: str = "sdpa",
-                          checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+                          checkpoint_blocks: bool = True) -> VideoUNetBackbone:
     source = Source("backbone.lightning", lightning, lightning_file(steps), weights=False)
     return motion_backbone(
         "animatediff_lightning", source, lambda: load_adapter(source, adapter_config), pretrained,
@@ -59,5 +60,6 @@ def animatediff_lightning(pretrained: str = "emilianJR/epiCRealism",
         scheduler=scheduler,
         scheduler_overrides=LIGHTNING_SCHEDULER if scheduler_overrides is None else scheduler_overrides,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        lora_dropout=lora_dropout,
         decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
         attention=attention, checkpoint_blocks=checkpoint_blocks)

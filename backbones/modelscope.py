@@ -19,9 +19,10 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
                text_encoder_dtype: str = "bf16", scheduler: str = "dpmsolver",
                scheduler_overrides: dict[str, Any] | None = None, lora_rank: int = 16,
                lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
+               lora_dropout: float = 0.0,
                decode_chunk: int = 1, gradient_checkpointing: bool = True,
                attention: str = "sdpa",
-               checkpoint_blocks: bool = False) -> VideoUNetBackbone:
+               checkpoint_blocks: bool = True) -> VideoUNetBackbone:
     check_scheduler(scheduler)
     check_attention(attention)  # before any weight loads
     weight_dtype = parse_dtype(unet_dtype, "backbone.unet_dtype")
@@ -33,6 +34,6 @@ def modelscope(pretrained: str = "damo-vilab/text-to-video-ms-1.7b", revision: s
         unet=load_part(UNet3DConditionModel, sources["unet"], weight_dtype, variant=variant),
         **load_text_vae(sources, vae_dtype, text_encoder_dtype, variant),
         scheduler=scheduler, scheduler_overrides=scheduler_overrides, lora_rank=lora_rank,
-        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules, lora_dropout=lora_dropout,
         decode_chunk=decode_chunk, gradient_checkpointing=gradient_checkpointing,
         attention=attention, checkpoint_blocks=checkpoint_blocks)

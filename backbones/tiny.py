@@ -59,7 +59,7 @@ def tiny_unet3d(seed: int, channels: tuple[int, ...] = (32, 64),
 def tiny(seed: int = 0, channels: tuple[int, ...] = (32, 64), text_dim: int = 32,
          vae_channels: tuple[int, ...] = (32, 64), max_prompt_tokens: int = 24,
          scheduler: str = "ddim", lora_rank: int = 8, lora_alpha: float | None = None,
-         lora_target_modules: list[str] | None = None,
+         lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
          gradient_checkpointing: bool = True, attention: str = "sdpa",
          checkpoint_blocks: bool = False) -> VideoUNetBackbone:
     tokenizer = byte_level_tokenizer(max_prompt_tokens)
@@ -69,6 +69,6 @@ def tiny(seed: int = 0, channels: tuple[int, ...] = (32, 64), text_dim: int = 32
         vae=tiny_vae(seed + 2, vae_channels),
         text_encoder=tiny_text_encoder(seed, tokenizer, text_dim), tokenizer=tokenizer,
         scheduler_config=SCHEDULER_CONFIG, scheduler=scheduler, lora_rank=lora_rank,
-        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules, lora_dropout=lora_dropout,
         gradient_checkpointing=gradient_checkpointing, attention=attention,
         checkpoint_blocks=checkpoint_blocks)

@@ -70,7 +70,8 @@ class VideoUNetBackbone:
                  lora_rank: int = 8, lora_alpha: float | None = None,
                  lora_target_modules: list[str] | None = None, decode_chunk: int = 4,
                  gradient_checkpointing: bool = True, text_per_frame: bool = False,
-                 attention: str = "sdpa", checkpoint_blocks: bool = False):
+                 attention: str = "sdpa", checkpoint_blocks: bool = False,
+                 lora_dropout: float = 0.0):
         check_scheduler(scheduler)
         check_attention(attention)
         self.name = name
@@ -106,13 +107,17 @@ class VideoUNetBackbone:
         # (diffusers' UNet3DConditionModel has no `add_adapter`, so peft injects directly.)
         self.lora_config = LoraConfig(
             r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
-            target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
+            target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
+            # Dropout on the LoRA input acts only while the trainer's step runs (the frozen
+            # modules stay in eval mode; vader.evaluation.set_lora_dropout switches it).
+            lora_dropout=lora_dropout)
         try:
             inject_adapter_in_model(self.lora_config, self.unet)
         except ValueError as err:  # peft: "Target modules {...} not found in the base model"
             raise ValueError(f"backbone {name!r}: lora_target_modules="
                              f"{list(self.lora_config.target_modules)} matched no layer ({err}); "
                              f"the default {list(DEFAULT_LORA_TARGETS)} targets attention") from err
+        self.unet.eval()  # peft's new LoRA dropout modules start in train mode
         for p in self.unet.parameters():
             if p.requires_grad:
                 p.data = p.data.float()

@@ -20,7 +20,7 @@ from torch import nn
 from backbones.loading import Source, fetch_file
 from rewards import check_frames
 from rewards.clip_hf import image_features, load_clip, normalize
-from rewards.common import aggregate, check_aggregation
+from rewards.common import aggregate, check_aggregation, check_resize
 
 HEAD_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
 
@@ -75,10 +75,11 @@ class Aesthetic:
                  head_repo: str = "camenduru/improved-aesthetic-predictor",
                  head_file: str = "sac+logos+ava1-l14-linearMSE.pth",
                  frames: str | int = "all", aggregation: str = "mean",
-                 dtype: str = "fp32") -> None:
+                 dtype: str = "fp32", resize: str = "crop") -> None:
         check_aggregation(aggregation)
+        check_resize(resize)
         self.frames = frames  # which frames the trainer decodes; see vader.protocols.Reward
-        self.aggregation = aggregation
+        self.aggregation, self.resize = aggregation, resize
         self.clip = load_clip(pretrained, None, dtype, "reward_fn.pretrained", "reward_fn.pretrained")
         width = self.clip.model.config.projection_dim
         key = (head_repo, head_file, width)
@@ -88,7 +89,7 @@ class Aesthetic:
 
     def per_frame(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> aesthetic scores (B, T), float32."""
-        embeddings = normalize(image_features(self.clip, frames))
+        embeddings = normalize(image_features(self.clip, frames, self.resize))
         self.head.to(embeddings.device)
         # float32 even under the trainer's fp16/bf16 autocast: the head is tiny, and the score's
         # last digits are what the gradient follows.

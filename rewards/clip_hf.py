@@ -141,22 +141,25 @@ def _pooled(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def preprocess_images(images: torch.Tensor, settings: ImageSettings) -> torch.Tensor:
+def preprocess_images(images: torch.Tensor, settings: ImageSettings,
+                      resize: str = "crop") -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] -> (N, 3, crop, crop) model input, float32, differentiable, as
-    CLIPImageProcessor makes it (shorter side to `size`, floored centre crop, normalise)."""
+    CLIPImageProcessor makes it (shorter side to `size`, floored centre crop, normalise), or
+    with resize="squash" the whole frame resized to the square (rewards.common.RESIZE_MODES)."""
     s = settings
-    return resize_crop_normalize(images.float(), s.size, s.crop, s.mean, s.std, s.mode)
+    return resize_crop_normalize(images.float(), s.size, s.crop, s.mean, s.std, s.mode,
+                                 resize=resize)
 
 
-def preprocess(clip: Clip, frames: torch.Tensor) -> torch.Tensor:
+def preprocess(clip: Clip, frames: torch.Tensor, resize: str = "crop") -> torch.Tensor:
     """(B, T, 3, H, W) in [0, 1] -> (B*T, 3, crop, crop) model input, float32, differentiable."""
-    return preprocess_images(flatten_frames(frames), clip.image)
+    return preprocess_images(flatten_frames(frames), clip.image, resize)
 
 
-def image_features(clip: Clip, frames: torch.Tensor) -> torch.Tensor:
+def image_features(clip: Clip, frames: torch.Tensor, resize: str = "crop") -> torch.Tensor:
     """Projected image embeddings (B*T, D), float32, not normalised; gradients reach `frames`."""
     clip.to(frames.device)
-    pixels = preprocess(clip, frames).to(clip.dtype)
+    pixels = preprocess(clip, frames, resize).to(clip.dtype)
     return _pooled(clip.model.get_image_features(pixel_values=pixels)).float()
 
 

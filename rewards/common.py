@@ -22,17 +22,37 @@ def flatten_frames(frames: torch.Tensor) -> torch.Tensor:
     return frames.reshape(-1, *frames.shape[2:])
 
 
+# How a frame becomes the model's square input: "crop" as the reference processors do (shorter
+# side resized, centre square cropped: a 320x512 frame loses 37.5% of its width), or "squash"
+# (the whole frame resized to the square, aspect ratio not kept), as VADER's aesthetic and HPS
+# losses do (torchvision Resize((224, 224))).
+RESIZE_MODES = ("crop", "squash")
+
+
+def check_resize(resize: str) -> None:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"reward_fn.resize={resize!r}: use 'crop' (shorter side, centre crop, "
+                         "as the model's processor) or 'squash' (whole frame to the square, VADER)")
+
+
 def resize_crop_normalize(images: torch.Tensor, size: int, crop: int | None,
                           mean: tuple[float, ...], std: tuple[float, ...],
-                          mode: str = "bicubic", crop_rounding: str = "floor") -> torch.Tensor:
+                          mode: str = "bicubic", crop_rounding: str = "floor",
+                          resize: str = "crop") -> torch.Tensor:
     """images (N, 3, H, W) in [0, 1] -> the model's input: the shorter side resized to `size`
     (antialiased), a centred `crop` x `crop` square (None: no crop), then (x - mean) / std.
+    With resize="squash" the whole frame is resized to `crop` x `crop` (`size` x `size` when
+    crop is None) instead, so nothing is cut off (see RESIZE_MODES).
 
     Both reference libraries truncate the longer side (`int(size * long / short)`); they differ
     in where a centred crop starts when the margin is odd: transformers' processors floor it
     (`crop_rounding="floor"`), torchvision / open_clip round it (`"round"`)."""
+    check_resize(resize)
     h, w = images.shape[-2:]
-    if h <= w:
+    if resize == "squash":
+        side = crop if crop is not None else size
+        new_h, new_w, crop = side, side, None
+    elif h <= w:
         new_h, new_w = size, int(size * w / h)
     else:
         new_h, new_w = int(size * h / w), size

@@ -7,11 +7,16 @@
 
 Decoding is the expensive part of a reward step, so the composite asks the trainer for the
 frames its parts ask for when they all agree, and for all frames otherwise; each part then picks
-its own frames ("random": one per video; n: every n-th) from what was decoded.
+its own frames ("random": one per video; n: every n-th) from what was decoded. A "random" pick
+draws from the caller's generators (`rngs`, one per video, see vader.frames.score), never from
+state of its own: the trainer's are derived from (seed, step), so a resumed run picks what an
+uninterrupted one would, and evaluation's from each video's seed, so base and tuned models are
+scored on the same frames.
 """
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,8 +29,9 @@ from vader.protocols import info_numbers
 
 class Composite:
     differentiable = True
+    picks_frames = True  # takes the caller's generators: vader.frames.score passes them
 
-    def __init__(self, parts: dict[str, dict[str, Any]], seed: int = 0) -> None:
+    def __init__(self, parts: dict[str, dict[str, Any]]) -> None:
         if not parts:
             raise ValueError("reward_fn.parts is empty: give at least one part with a `reward`")
         self.parts = {}
@@ -44,20 +50,35 @@ class Composite:
                                 float(part.get("grad_scale", 1.0)))
         specs = {reward.frames for reward, *_ in self.parts.values()}
         self.frames = specs.pop() if len(specs) == 1 else "all"
-        self._rng = random.Random(seed)  # picks "random" frames for parts when all are decoded
 
-    def _frames_for(self, spec: str | int, frames: torch.Tensor) -> torch.Tensor:
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Each part's own prompt check (rewards that match classes to prompts have one)."""
+        for reward, *_ in self.parts.values():
+            if hasattr(reward, "check_prompts"):
+                reward.check_prompts(prompts)
+
+    def _frames_for(self, spec: str | int, frames: torch.Tensor,
+                    rngs: Sequence[random.Random]) -> torch.Tensor:
         if self.frames != "all" or spec == "all":
             return frames
-        if spec == "random":
-            return frames[:, self._rng.randrange(frames.shape[1])].unsqueeze(1)
+        if spec == "random":  # one frame per video, from that video's generator
+            index = torch.tensor([rng.randrange(frames.shape[1]) for rng in rngs],
+                                 device=frames.device)
+            return frames[torch.arange(len(rngs), device=frames.device), index].unsqueeze(1)
         return frames[:, ::int(spec)]
 
-    def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(self, frames: torch.Tensor, prompts: list[str],
+                 rngs: Sequence[random.Random] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """`rngs`: one generator per video for parts that pick random frames; None picks as
+        random.Random(0) would, the same frames on every call."""
         check_frames(frames, prompts)
+        if rngs is None:
+            rngs = [random.Random(0) for _ in prompts]
+        if len(rngs) != len(prompts):
+            raise ValueError(f"expected {len(prompts)} generators (one per video), got {len(rngs)}")
         total, info, values = 0.0, {}, {}
         for name, (reward, weight, _, _) in self.parts.items():
-            value, part_info = reward(self._frames_for(reward.frames, frames), prompts)
+            value, part_info = reward(self._frames_for(reward.frames, frames, rngs), prompts)
             values[name] = value
             total = total + weight * value.float()
             info[name] = value.detach().float().mean()

@@ -16,7 +16,8 @@ import torch
 
 from backbones.loading import Source, fetch_file, parse_dtype
 from rewards import check_frames
-from rewards.common import aggregate, check_aggregation, flatten_frames, resize_crop_normalize
+from rewards.common import (aggregate, check_aggregation, check_resize, flatten_frames,
+                            resize_crop_normalize)
 
 HUB_ID = "xswu/HPSv2"
 FILES = {"v2": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -63,10 +64,13 @@ class HPS:
     differentiable = True
 
     def __init__(self, pretrained: str = HUB_ID, version: str = "v2.1", model_name: str = "ViT-H-14",
-                 frames: str | int = "all", aggregation: str = "mean", dtype: str = "fp32") -> None:
+                 frames: str | int = "all", aggregation: str = "mean", dtype: str = "fp32",
+                 resize: str = "crop") -> None:
         if version not in FILES:
             raise ValueError(f"reward_fn.version={version!r}: use one of {sorted(FILES)}")
         check_aggregation(aggregation)
+        check_resize(resize)
+        self.resize = resize
         self.frames = frames  # which frames the trainer decodes; see vader.protocols.Reward
         self.aggregation = aggregation
         self.dtype = parse_dtype(dtype, "reward_fn.dtype")
@@ -89,9 +93,11 @@ class HPS:
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [0, 1] -> the model's input, differentiably, as open_clip's eval
-        transform (torchvision Resize(size) + CenterCrop(size) + Normalize) makes it."""
+        transform (torchvision Resize(size) + CenterCrop(size) + Normalize) makes it; with
+        resize="squash" the whole frame is resized to the square instead, as VADER does."""
         return resize_crop_normalize(images, self.size, self.size, self.mean, self.std,
-                                     mode=self.interpolation, crop_rounding="round")
+                                     mode=self.interpolation, crop_rounding="round",
+                                     resize=self.resize)
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)

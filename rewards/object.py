@@ -12,9 +12,9 @@ import torch
 
 from backbones.loading import Source, check_source
 from rewards import check_frames
-from rewards.actpred import (RESAMPLE, check_frames_option, find_label, label_in_text,
-                             load_cached, read_json, resize_to)
 from rewards.common import aggregate, check_aggregation, flatten_frames, resize_crop_normalize
+from rewards.video_models import (RESAMPLE, check_frames_option, check_prompt_labels,
+                                  find_label, label_in_text, load_cached, read_json, resize_to)
 
 MODES = ("maximize", "minimize")
 
@@ -101,11 +101,18 @@ class ObjectDetection:
         self.target = None if object is None else find_label(object, self.id2label,
                                                              "reward_fn.object")
 
+    def _match(self, prompt: str) -> int:
+        return label_in_text(prompt, self.id2label, "object", plurals=True, skip=("N/A",))
+
+    def check_prompts(self, prompts: list[str]) -> None:
+        """ValueError listing every prompt without a COCO class (none with `object` set)."""
+        if self.target is None:
+            check_prompt_labels(prompts, self._match, "COCO object", "reward_fn.object")
+
     def targets(self, prompts: list[str]) -> list[int]:
         if self.target is not None:
             return [self.target] * len(prompts)
-        return [label_in_text(p, self.id2label, "object", plurals=True, skip=("N/A",))
-                for p in prompts]
+        return [self._match(p) for p in prompts]
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)

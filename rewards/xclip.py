@@ -12,8 +12,8 @@ import torch
 
 from backbones.loading import Source, check_source, load_part
 from rewards import check_frames
-from rewards.actpred import (check_frames_option, clip_pixels, clip_scored_frames, load_cached,
-                             read_json, videomae_settings)
+from rewards.video_models import (check_frames_option, clip_pixels, clip_scored_frames,
+                                  load_cached, read_json, videomae_settings)
 
 
 class XCLIPScore:

@@ -119,3 +119,26 @@ def test_wrong_rank_is_refused_with_the_reason(backbone, tiny_folders):
     other = build_backbone(backbone.name, tiny_folders, "lora_rank=2")
     with pytest.raises(ValueError, match="lora_rank"):
         other.load_lora_state_dict(backbone.lora_state_dict())
+
+
+def test_lora_dropout_acts_in_training_steps_only(make_trainer):
+    from vader.evaluation import set_lora_dropout
+    trainer = make_trainer("lora_dropout=0.5")
+    unet = trainer.backbone.trainable_module()
+    assert trainer.backbone.lora_config.lora_dropout == 0.5
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    latents, t = torch.randn(1, 4, 2, 4, 4), torch.tensor([500])
+    cond = trainer.backbone.encode_prompts(["a cat"])
+
+    def out():
+        with torch.no_grad():
+            return trainer.backbone.predict(unet, latents, t, cond)
+    assert torch.equal(out(), out())  # built in eval mode: no dropout
+    set_lora_dropout(unet, True)      # what a training step does
+    assert not torch.equal(out(), out())
+    assert not any(m.training for n, m in unet.named_modules() if "lora_dropout" not in n)
+    set_lora_dropout(unet, False)     # what evaluation does
+    assert torch.equal(out(), out())

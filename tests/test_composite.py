@@ -2,7 +2,9 @@
 and loss shaping, and every part is logged. Also the frame aggregations the learned rewards use."""
 from __future__ import annotations
 
+import csv
 import json
+import random
 
 import pytest
 import torch
@@ -37,6 +39,46 @@ def test_parts_that_agree_on_frames_pass_them_on():
     composite = Composite({"a": {"reward": Colorfulness(frames="random")},
                            "b": {"reward": Contrast(frames="random")}})
     assert composite.frames == "random"
+
+
+def test_random_parts_pick_from_the_callers_generators():
+    # One part wants a random frame, the other all of them: the composite gets all frames and
+    # the random part picks, per video, from the generator the caller hands it.
+    composite = Composite({"pick": {"reward": Colorfulness(frames="random")},
+                           "all": {"reward": Contrast(frames="all"), "weight": 0.0}})
+    frames = video(2)
+    picked = [random.Random(7).randrange(6), random.Random(8).randrange(6)]
+    expected = Colorfulness()(torch.stack([frames[0, picked[0]], frames[1, picked[1]]])[:, None],
+                              PROMPTS)[0]
+    for _ in range(3):  # no state of its own: the same generators give the same frames
+        value, _ = composite(frames, PROMPTS, rngs=[random.Random(7), random.Random(8)])
+        torch.testing.assert_close(value, expected)
+
+
+def test_training_step_frames_come_from_seed_and_step(make_trainer):
+    # Resume is exact only if every random choice of a step is a function of (seed, step):
+    # the same micro-step generator must give the same loss however often it is replayed.
+    trainer = make_trainer("reward_fn=composite", "reward_fn.parts.colorfulness.reward.frames=random")
+    trainer.setup()
+    prompts, seeds = trainer.batch(0, 0)
+    with torch.no_grad():
+        losses = {trainer.forward_loss(prompts, seeds, random.Random("0-0-0"))[0].item()
+                  for _ in range(6)}
+    assert len(losses) == 1
+
+
+def test_base_and_tuned_are_scored_on_the_same_frames(make_trainer, tmp_path):
+    # A fresh LoRA is zero, so base and tuned videos are identical: their scores differ only if
+    # the composite's random part looked at different frames.
+    trainer = make_trainer("reward_fn=composite", "reward_fn.parts.colorfulness.reward.frames=random",
+                           "prompt_fn.num_val=2", "num_val_seeds=3")
+    trainer.setup()
+    trainer.evaluate(tmp_path / "eval", gallery=False)
+    with open(tmp_path / "eval" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    scores = {(r["prompt_index"], r["seed"], r["model"]): r["reward/composite"] for r in rows}
+    pairs = [(scores[(p, s, "base")], scores[(p, s, "tuned")]) for p, s, m in scores if m == "base"]
+    assert len(pairs) == 6 and all(base == tuned for base, tuned in pairs)
 
 
 def test_loss_shapes_each_part_and_gradients_reach_the_frames():

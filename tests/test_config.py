@@ -2,6 +2,7 @@
 their targets; a sweep makes one complete run directory per job."""
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf, open_dict
 
 from tests.conftest import CONF, ROOT, TINY, compose_cfg
-from vader.config import check_targets
+from vader.config import _target_params, check_targets
 
 
 @pytest.mark.parametrize("override, key", [("lrr=1", "lrr"), ("lr=abc", "lr"),
@@ -39,9 +40,13 @@ def test_missing_required_argument_is_named():
         check_targets(OmegaConf.create({"prompt_fn": {"_target_": "vader.prompts.text_file"}}))
 
 
-# Experiments are overlays without a _target_; tests/test_experiments.py composes and builds them.
-@pytest.mark.parametrize("path", sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name != "experiment"),
-                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+# Experiments and backbone_defaults are overlays of top-level keys, without a _target_;
+# tests/test_experiments.py and the tests below compose them.
+OVERLAYS = ("experiment", "backbone_defaults")
+GROUP_YAMLS = sorted(p for p in CONF.glob("*/*.yaml") if p.parent.name not in OVERLAYS)
+
+
+@pytest.mark.parametrize("path", GROUP_YAMLS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_shipped_yaml_fits_its_target(path):
     node = OmegaConf.load(path)
     if "_target_" not in node:
@@ -50,6 +55,51 @@ def test_shipped_yaml_fits_its_target(path):
         for key in [k for k in node if OmegaConf.is_missing(node, k)]:
             node[key] = "x"
     check_targets(node)
+
+
+@pytest.mark.parametrize("path", GROUP_YAMLS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_yaml_values_are_the_python_defaults(path):
+    # One source of truth: a group option's YAML states its target's defaults (or leaves a key
+    # out, or passes a top-level key through). A YAML value that differs from the Python default
+    # means code that builds the target directly (tests, notebooks) gets another model.
+    node = OmegaConf.load(path)
+    params, _ = _target_params(node._target_)
+    plain = OmegaConf.to_container(node, resolve=False)
+    for key, value in plain.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if key.startswith("_") or OmegaConf.is_interpolation(node, key) \
+                or default is inspect.Parameter.empty:  # required: the YAML must give it
+            continue
+        default = list(default) if isinstance(default, tuple) else default
+        assert value == default, f"{path.name}: {key}={value!r}, but the Python default is {default!r}"
+
+
+def compose_plain(*overrides: str):
+    """conf/train.yaml as a user's command line composes it (no test shrinking)."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("overrides, lr, steps", [
+    ([], 5e-3, 10),                                  # the default (tiny) job keeps its numbers
+    (["backbone=modelscope"], 2e-4, 25),             # VADER's, not the toy model's
+    (["backbone=animatediff"], 2e-4, 25),
+    (["backbone=animatediff_lightning"], 2e-4, 4),   # as many steps as the module was distilled for
+    (["backbone=modelscope", "lr=1e-3", "num_inference_steps=30"], 1e-3, 30),  # the command line wins
+])
+def test_each_backbone_trains_with_its_own_defaults(overrides, lr, steps):
+    cfg = compose_plain(*overrides)
+    assert (cfg.lr, cfg.num_inference_steps) == (lr, steps)
+    if overrides:  # and a video size that the real backbone can make
+        assert cfg.height % 64 == 0 and cfg.width % 64 == 0 and cfg.num_frames == 16
+    else:
+        assert (cfg.num_frames, cfg.height, cfg.width) == (8, 32, 32)
+
+
+def test_backbone_defaults_name_backbones():
+    backbones = {p.stem for p in (CONF / "backbone").glob("*.yaml")}
+    assert {p.stem for p in (CONF / "backbone_defaults").glob("*.yaml")} == backbones - {"tiny"}
 
 
 def test_typo_on_command_line_fails_before_anything_is_built(tmp_path):

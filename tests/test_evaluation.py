@@ -78,6 +78,20 @@ def test_base_and_tuned_share_noise_and_zero_lora_ties(make_trainer, tmp_path, m
         assert torch.equal(b["noise"], t["noise"]) and not torch.equal(b["frames"], t["frames"])
 
 
+@pytest.mark.parametrize("video_format", ["mp4", "gif"])
+def test_videos_are_written_once_in_video_format(make_trainer, tmp_path, video_format):
+    trainer = make_trainer(f"video_format={video_format}", "prompt_fn.num_val=1")
+    trainer.setup()
+    trainer.evaluate(tmp_path / "eval")
+    written = sorted(p.relative_to(tmp_path / "eval").as_posix()
+                     for p in (tmp_path / "eval" / "videos").rglob("*") if p.is_file())
+    assert len(written) == 2 and all(n.endswith(f".{video_format}") for n in written), written
+    rows = read_csv(tmp_path / "eval" / "metrics.csv")
+    assert written == sorted(r["video"] for r in rows)  # base, tuned
+    parser, _ = parse(tmp_path / "eval")
+    assert set(written) <= set(parser.links)  # the gallery shows the files that exist
+
+
 @pytest.fixture
 def checkpoint(make_trainer, tmp_path):
     trainer = make_trainer(run_dir=tmp_path / "train")
@@ -118,7 +132,7 @@ def test_real_gallery_links_every_video_and_loads_in_chromium(make_trainer, chec
     parser, text = parse(folder)
     files = local_files(folder, parser.links)
     rows = read_csv(folder / "metrics.csv")
-    assert files >= {(folder / r[k]).resolve() for r in rows for k in ("gif", "mp4")}
+    assert files >= {(folder / r["video"]).resolve() for r in rows}
     assert parser.prompts == summary["prompts"]
     for seed in summary["seeds"]:
         assert text.count(f"seed {seed}</td>") == len(summary["prompts"])
@@ -162,7 +176,7 @@ def test_two_process_evaluation_matches_one(checkpoint, tmp_path):
     rows = [read_csv(f / "metrics.csv") for f in folders]
     assert len(rows[0]) == len(rows[1]) == 16
     for a, b in zip(*rows):
-        assert (a["prompt"], a["seed"], a["model"], a["gif"]) == (b["prompt"], b["seed"], b["model"], b["gif"])
+        assert (a["prompt"], a["seed"], a["model"], a["video"]) == (b["prompt"], b["seed"], b["model"], b["video"])
         for key in ("reward/colorfulness", "reward/brightness", "reward/contrast", "motion"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6), key
     summaries = [json.loads((f / "summary.json").read_text()) for f in folders]

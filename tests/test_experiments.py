@@ -3,6 +3,7 @@ the VADER recipe carries the numbers of VADER's published run (backbones/configs
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -12,6 +13,41 @@ from tests.conftest import CONF, TINY, backbone_overrides
 from vader.config import build_trainer, check_targets
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+VADER = json.loads((CONFIGS / "vader_recipes.json").read_text())
+
+
+def named_rewards(name: str) -> list[str]:
+    """The reward_fn options a recipe's header launches it with, and the one it chooses itself."""
+    text = (CONF / "experiment" / f"{name}.yaml").read_text()
+    header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    chosen = re.findall(r"override /reward_fn: (\w+)", text)
+    return sorted(set(re.findall(r"reward_fn=(\w+)", header)) | set(chosen))
+
+
+@pytest.fixture(scope="module")
+def reward_folders(tmp_path_factory) -> dict[str, str]:
+    """Tiny CLIP + aesthetic head and tiny HPS files (tests/tiny_clip.py, tiny_open_clip.py)."""
+    from tests import tiny_clip, tiny_open_clip
+    root = tmp_path_factory.mktemp("recipe_rewards")
+    clip = tiny_clip.write_clip(root / "clip")
+    tiny_clip.write_aesthetic_head(clip / "head.pth")
+    arch = tiny_open_clip.write_arch(root / "arch")
+    hps = tiny_open_clip.write_hps(root / "hps", tiny_open_clip.tiny_clip(arch)[0])
+    return {"clip": str(clip), "arch": arch, "hps": str(hps)}
+
+
+def reward_overrides(cfg, folders: dict[str, str]) -> list[str]:
+    """Point every learned part of a composite reward_fn at the tiny files (`++`: the parts
+    leave these keys to their defaults, so they are added)."""
+    out = []
+    for name, part in (cfg.reward_fn.get("parts") or {}).items():
+        key, target = f"reward_fn.parts.{name}.reward", part.reward._target_
+        if target.endswith("Aesthetic"):
+            out += [f"++{key}.pretrained={folders['clip']}", f"++{key}.head_repo={folders['clip']}",
+                    f"++{key}.head_file=head.pth"]
+        elif target.endswith("HPS"):
+            out += [f"++{key}.pretrained={folders['hps']}", f"++{key}.model_name={folders['arch']}"]
+    return out
 
 
 def compose_experiment(name: str, *overrides: str):
@@ -21,22 +57,54 @@ def compose_experiment(name: str, *overrides: str):
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_recipe_builds_on_the_tiny_folders(name, tiny_folders, tmp_path):
+def test_recipe_builds_on_the_tiny_folders(name, tiny_folders, reward_folders, tmp_path):
     cfg = compose_experiment(name)
     check_targets(cfg)
     backbone = cfg.backbone._target_.split(".")[1]
-    # The same recipe, shrunk and pointed at the tiny checkpoints: LoRA targets, scheduler and
-    # sampling settings must all suit the architecture.
+    # The same recipe, shrunk and pointed at the tiny checkpoints: LoRA targets, scheduler,
+    # sampling settings and its own reward must all suit the architecture.
     small = compose_experiment(name, *backbone_overrides(backbone, tiny_folders), *TINY,
-                               "mixed_precision=no")
+                               "mixed_precision=no", *reward_overrides(cfg, reward_folders))
     trainer = build_trainer(small, str(tmp_path))
     assert trainer.backbone.name == backbone
     assert trainer.cfg.lora_rank == cfg.lora_rank
+    assert trainer.backbone.lora_config.lora_dropout == cfg.lora_dropout
+
+
+@pytest.mark.parametrize("name, reward", sorted(
+    {(n, r) for n in EXPERIMENTS for r in named_rewards(n)}
+    | {("vader_modelscope", "aesthetic_hps")}))  # VADER's own mix on VADER's ModelScope run
+def test_recipe_composes_with_every_reward_it_names(name, reward):
+    assert named_rewards(name), f"{name}.yaml names no reward_fn in its header"
+    cfg = compose_experiment(name, f"reward_fn={reward}")
+    check_targets(cfg)  # e.g. no recipe key the chosen reward does not take
+    for part in (cfg.reward_fn.get("parts") or {}).values():
+        assert part.reward.frames == "random"  # VADER's decode_frame=-1, whatever the reward
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_recipe_reward_is_vaders_aesthetic_loss_on_squashed_frames(name):
+    # Each header promises VADER's aesthetic loss |score - 10| * 0.1 on one random frame,
+    # resized as VADER resizes it (squashed to 224x224, nothing cropped away).
+    aesthetic = compose_experiment(name).reward_fn.parts.aesthetic
+    vader = VADER["modelscope"]["reward_settings"]["aesthetic"]
+    assert (aesthetic.target, aesthetic.grad_scale) == (vader["aesthetic_target"], vader["grad_scale"])
+    assert (aesthetic.reward.frames, aesthetic.reward.resize) == ("random", "squash")
+
+
+def test_animatediff_vader_has_videocrafters_lora():
+    cfg = compose_experiment("animatediff_vader")
+    lora = VADER["videocrafter"]["lora"]
+    # VideoCrafter's peft LoraConfig leaves lora_alpha at peft's default, 8: scale 8 / 16 = 0.5.
+    assert (cfg.lora_rank, cfg.lora_alpha / cfg.lora_rank) == (lora["rank"], 0.5)
+    assert cfg.lora_dropout == lora["lora_dropout"]
+    assert sorted(cfg.lora_target_modules) == sorted(lora["target_modules"])
+    assert cfg.reward_fn.parts.hps.reward.version == VADER["videocrafter"]["hps_version"]
 
 
 def test_vader_modelscope_recipe_has_vaders_numbers():
     cfg = compose_experiment("vader_modelscope")
-    vader = json.loads((CONFIGS / "vader_recipes.json").read_text())["modelscope"]
+    vader = VADER["modelscope"]
     assert cfg.backbone.pretrained == vader["pretrained_model_path"]
     assert (cfg.height, cfg.width, cfg.num_frames) == (vader["height"], vader["width"], vader["num_frames"])
     assert cfg.num_inference_steps == vader["num_inference_steps"]
@@ -47,4 +115,6 @@ def test_vader_modelscope_recipe_has_vaders_numbers():
     assert cfg.num_steps == vader["max_train_steps"] // accumulation  # VADER counts micro-steps
     assert cfg.backprop_mode == vader["backprop_mode"] and cfg.backprop_steps == vader["K_backprop_steps"]
     assert cfg.backbone.scheduler == "dpmsolver" and cfg.seed == vader["seed"]
-    assert OmegaConf.select(cfg, "reward_fn.frames") == "random"  # decode_frame=-1
+    assert OmegaConf.select(cfg, "reward_fn.parts.aesthetic.reward.frames") == "random"  # decode_frame=-1
+    assert cfg.lora_alpha / cfg.lora_rank == vader["lora"]["scale"]
+    assert cfg.lora_dropout == vader["lora"]["dropout"]

@@ -46,18 +46,18 @@ def make_video(model: str, pi: int, seed: int) -> torch.Tensor:
     return torch.stack(frames).clamp(0, 1)
 
 
-def build_eval(eval_dir: Path, models=("base", "tuned")) -> tuple[list[dict], dict]:
+def build_eval(eval_dir: Path, models=("base", "tuned"),
+               video_format: str = "gif") -> tuple[list[dict], dict]:
     """Videos on disk plus rows and a summary shaped like the evaluation harness's."""
     rows = []
     for pi, prompt in enumerate(PROMPTS):
         for seed in SEEDS:
             for model in models:
                 video = make_video(model, pi, seed)
-                stem = f"videos/{model}/{pi:03d}_p{pi}_seed{seed}"
-                for suffix in (".gif", ".mp4"):
-                    save_video(video, eval_dir / (stem + suffix), fps=4)
+                path = f"videos/{model}/{pi:03d}_p{pi}_seed{seed}.{video_format}"
+                save_video(video, eval_dir / path, fps=4)
                 rows.append({"prompt_index": pi, "prompt": prompt, "seed": seed, "model": model,
-                             "gif": stem + ".gif", "mp4": stem + ".mp4",
+                             "video": path,
                              "motion": float((video[1:] - video[:-1]).abs().mean()),
                              "reward/colorfulness": float(video.std(1).mean()),
                              "reward/brightness": float(video.mean())})
@@ -102,13 +102,15 @@ class PageParser(HTMLParser):
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
-        self.links, self.imgs, self.prompts, self._in_prompt = [], [], [], False
+        self.links, self.imgs, self.videos, self.prompts, self._in_prompt = [], [], [], [], False
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         self.links += [attrs[k] for k in ("src", "href") if k in attrs]
         if tag == "img":
             self.imgs.append(attrs["src"])
+        if tag == "video":
+            self.videos.append(attrs["src"])
         if tag == "p" and attrs.get("class") == "prompt":
             self._in_prompt = True
             self.prompts.append("")
@@ -148,9 +150,9 @@ def test_links_resolve_and_prompts_escaped(gallery):
     parser, text = parse(eval_dir)
     files = local_files(eval_dir, parser.links)
     # Every video of every (prompt, seed, model) is shown and linked, and the plot too.
-    expected = {(eval_dir / r[k]).resolve() for r in rows for k in ("gif", "mp4")}
+    expected = {(eval_dir / r["video"]).resolve() for r in rows}
     assert files == expected | {(eval_dir / "plots/base_vs_tuned.png").resolve()}
-    assert sorted(parser.imgs) == sorted([r["gif"] for r in rows] + ["plots/base_vs_tuned.png"])
+    assert sorted(parser.imgs) == sorted([r["video"] for r in rows] + ["plots/base_vs_tuned.png"])
     assert parser.prompts == PROMPTS  # in prompt_index order, text intact after unescaping
     assert "<script>" not in text and "<b>bold" not in text
     assert "&lt;b&gt;bold&lt;/b&gt; &amp; &quot;quoted&quot;" in text
@@ -169,7 +171,7 @@ def test_base_only(tmp_path):
     write_gallery(tmp_path, rows, summary)
     parser, text = parse(tmp_path)
     files = local_files(tmp_path, parser.links)
-    assert files == {(tmp_path / r[k]).resolve() for r in rows for k in ("gif", "mp4")}
+    assert files == {(tmp_path / r["video"]).resolve() for r in rows}
     body = text[text.index("<body>"):]
     assert "tuned" not in body and "win rate" not in body  # no tuned column, no comparison
 
@@ -181,11 +183,18 @@ def copy_videos(gallery, dest: Path) -> tuple[Path, list[dict], dict]:
     return dest, [dict(r) for r in rows], summary
 
 
-@pytest.mark.parametrize("key", ["gif", "mp4"])
-def test_missing_video_raises(gallery, tmp_path, key):
+def test_mp4_videos_play_in_video_elements(tmp_path):
+    rows, summary = build_eval(tmp_path, video_format="mp4")
+    write_gallery(tmp_path, rows, summary)
+    parser, _ = parse(tmp_path)
+    assert sorted(parser.videos) == sorted(r["video"] for r in rows) and parser.imgs == []
+    assert local_files(tmp_path, parser.links) == {(tmp_path / r["video"]).resolve() for r in rows}
+
+
+def test_missing_video_raises(gallery, tmp_path):
     tmp_path, rows, summary = copy_videos(gallery, tmp_path)
-    (tmp_path / rows[3][key]).unlink()
-    with pytest.raises(ValueError, match=rows[3][key]):
+    (tmp_path / rows[3]["video"]).unlink()
+    with pytest.raises(ValueError, match=rows[3]["video"]):
         write_gallery(tmp_path, rows, summary)
     assert not (tmp_path / "index.html").exists()
 
@@ -194,7 +203,7 @@ def test_missing_plot_and_absolute_path_raise(gallery, tmp_path):
     tmp_path, rows, summary = copy_videos(gallery, tmp_path)
     with pytest.raises(ValueError, match="plots/nope.png"):
         write_gallery(tmp_path, rows, summary, plots=["plots/nope.png"])
-    rows[0] = dict(rows[0], gif=str((tmp_path / rows[0]["gif"]).resolve()))
+    rows[0] = dict(rows[0], video=str((tmp_path / rows[0]["video"]).resolve()))
     with pytest.raises(ValueError, match="relative"):
         write_gallery(tmp_path, rows, summary)
     assert not (tmp_path / "index.html").exists()

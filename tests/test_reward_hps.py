@@ -188,6 +188,15 @@ def test_bad_options(folder, arch, kwargs, key):
         HPS(pretrained=str(folder), model_name=arch, **kwargs)
 
 
+def test_squash_resize_is_the_whole_frame_at_the_model_size(folder, arch):
+    reward = HPS(pretrained=str(folder), model_name=arch, resize="squash")
+    images = torch.rand(2, 3, 40, 64)
+    expected = F.interpolate(images, size=(224, 224), mode="bicubic", antialias=True,
+                             align_corners=False)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (reward.mean, reward.std))
+    torch.testing.assert_close(reward.preprocess(images), (expected - mean) / std)
+
+
 def test_bf16_gradient_finite(folder, arch):
     reward = HPS(pretrained=str(folder), model_name=arch, dtype="bf16")
     frames = torch.rand(2, 2, 3, 32, 32, requires_grad=True)

@@ -179,6 +179,22 @@ def test_aesthetic_wrong_layout_raises(folders, tmp_path):
 
 
 # --- clip_score / pickscore specifics -------------------------------------------------------------
+def test_squash_resize_scores_the_whole_frame(folders):
+    # A frame shaped like VADER's 320x512: the processor's centre crop never sees the left
+    # margin, resize="squash" (VADER's Resize((224, 224))) scores the whole frame.
+    frames = torch.rand(1, 1, 3, 40, 64, generator=torch.Generator().manual_seed(0))
+    edited = frames.clone()
+    edited[..., :6] = 0.0
+    crop, squash = build("aesthetic", folders), build("aesthetic", folders, resize="squash")
+    assert torch.equal(crop(frames, ["a"])[0], crop(edited, ["a"])[0])
+    assert not torch.equal(squash(frames, ["a"])[0], squash(edited, ["a"])[0])
+    square = torch.nn.functional.interpolate(frames[0], size=(32, 32), mode="bicubic",
+                                             antialias=True, align_corners=False)[None]
+    torch.testing.assert_close(squash(frames, ["a"])[0], crop(square, ["a"])[0])
+    with pytest.raises(ValueError, match="resize"):
+        build("aesthetic", folders, resize="stretch")
+
+
 def test_clip_score_frames_spread_over_the_clip(folders):
     assert spread_indices(8, 4).tolist() == [0, 2, 5, 7]
     assert spread_indices(3, 4).tolist() == [0, 1, 2]

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rewards.actpred import (ActionPrediction, sample_clip, videomae_preprocess,
-                             videomae_settings)
+from rewards.actpred import ActionPrediction
 from rewards.object import ObjectDetection, yolos_preprocess, yolos_settings, yolos_size
+from rewards.video_models import sample_clip, videomae_preprocess, videomae_settings
 from rewards.xclip import XCLIPScore
 from tests import learning, tiny_video_models as tvm
 from tests.conftest import CONF
@@ -249,6 +249,39 @@ def test_object_errors(folders):
         build("object", folders, aggregation="median")
     with pytest.raises(ValueError, match="N/A|no object"):  # "N/A" is not a target
         build("object", folders, object=None)(torch.rand(1, 1, 3, 16, 16), ["n/a"])
+
+
+@pytest.mark.parametrize("name, prompts, unmatched", [
+    ("actpred", ["a dog playing guitar", "a cat playing the piano", "a dog drinking beer",
+                 "a fox reading a book"], ["a cat playing the piano", "a fox reading a book"]),
+    ("object", ["two dogs", "a lamp", "a cat", "a chair"], ["a lamp", "a chair"])])
+def test_check_prompts_lists_every_unmatched_prompt(name, prompts, unmatched, folders):
+    reward = build(name, folders, **{"action" if name == "actpred" else "object": None})
+    with pytest.raises(ValueError, match=r"2 of 4 prompts") as err:
+        reward.check_prompts(prompts)
+    assert all(repr(p) in str(err.value) for p in unmatched)
+    reward.check_prompts([p for p in prompts if p not in unmatched])  # the rest match
+    build(name, folders).check_prompts(prompts)  # a fixed target needs nothing from prompts
+
+
+def test_trainer_checks_every_prompt_when_built(folders, make_trainer):
+    # 2 nouns x 3 activities; "playing the piano" is no (tiny) Kinetics class. Whichever split
+    # its prompts land in, building the trainer names both, before any step runs.
+    overrides = ["reward_fn=actpred", f"reward_fn.pretrained={folders['actpred']}",
+                 "prompt_fn=nouns_activities", "prompt_fn.nouns=['a dog','a cat']",
+                 "prompt_fn.activities=['playing guitar','playing the piano','drinking']"]
+    with pytest.raises(ValueError, match="2 of 6 prompts") as err:
+        make_trainer(*overrides)
+    assert "'a dog playing the piano'" in str(err.value)
+    assert "'a cat playing the piano'" in str(err.value)
+    make_trainer(*overrides, "reward_fn.action=drinking")  # one class for every video: fine
+
+
+def test_composite_checks_its_parts_prompts(folders):
+    from rewards.composite import Composite
+    composite = Composite({"act": {"reward": build("actpred", folders, action=None)}})
+    with pytest.raises(ValueError, match="1 of 1 prompts"):
+        composite.check_prompts(["a cat playing the piano"])
 
 
 def test_bad_frames_option(folders):

@@ -43,6 +43,7 @@ class TrainConfig:
     lora_rank: int = 8
     lora_alpha: float | None = None
     lora_target_modules: list[str] | None = None
+    lora_dropout: float = 0.0
     num_frames: int = 8
     height: int = 32
     width: int = 32

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vader import eval_stats
 from vader.files import atomic_write_text
-from vader.frames import select_frames
+from vader.frames import score, select_frames
 from vader.protocols import Backbone, Reward
 from vader.sampler import make_noise, sample
 from vader.video import save_video
@@ -77,6 +77,17 @@ def lora_disabled(module: nn.Module) -> Iterator[None]:
             layer.enable_adapters(True)
 
 
+def set_lora_dropout(module: nn.Module, active: bool) -> None:
+    """Switch the dropout on every peft LoRA layer's input on (a training step) or off
+    (evaluation). Only the dropout modules change mode: the frozen model stays in eval mode,
+    so nothing else in it behaves differently while training."""
+    from peft.tuners.lora import LoraLayer
+
+    for layer in module.modules():
+        if isinstance(layer, LoraLayer):
+            layer.lora_dropout.train(active)
+
+
 def _video_name(prompt_index: int, prompt: str, seed: int) -> str:
     return f"{prompt_index:03d}_{slug(prompt)}_seed{seed}"
 
@@ -95,14 +106,15 @@ def _generate(backbone: Backbone, model: nn.Module, prompts: list[str], seeds: l
 
 def _score(rewards: dict[str, Reward], frames: torch.Tensor, prompts: list[str],
            seeds: list[int], accelerator: Accelerator) -> dict[str, list[float]]:
-    """Every reward on the frames it asks for; a reward that picks random frames picks them
-    from the video's seed, so base and tuned are scored on the same frames."""
+    """Every reward on the frames it asks for; a reward that picks random frames (itself or,
+    for a composite, its parts) picks them from the video's seed, so base and tuned are scored
+    on the same frames."""
     scores = {}
     for name, reward in rewards.items():
         picks = [select_frames(reward.frames, frames.shape[1], random.Random(s)) for s in seeds]
         scored = torch.cat([f[None] if idx is None else f[None, idx] for f, idx in zip(frames, picks)])
         with accelerator.autocast():
-            values, _ = reward(scored, prompts)
+            values, _ = score(reward, scored, prompts, [random.Random(s) for s in seeds])
         scores[f"reward/{name}"] = values.float().cpu().tolist()
     return scores
 
@@ -113,14 +125,16 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
              out_dir: Path | None = None, models: tuple[str, ...] = MODELS,
              embed: Embedder = eval_stats.pixel_embedding, fps: int = 8,
              title: str = "", checkpoint: str | None = None, gallery: bool = True,
-             on_summary: Callable[[dict], None] | None = None) -> dict:
+             on_summary: Callable[[dict], None] | None = None, video_format: str = "mp4") -> dict:
     """Generate, score and measure every (prompt, seed) with each of `models` ("base": LoRA
     disabled, "tuned": as loaded). The first reward is the training reward. `on_summary` runs on
     every process once the numbers are in, before the report is written (the trainer logs them
     and draws the reward curve the gallery shows). The main process writes everything into
-    `out_dir`; every process returns the summary."""
+    `out_dir`, each video once as `video_format` (mp4 or gif); every process returns the
+    summary."""
     if not rewards:
         raise ValueError("evaluation needs at least one reward")
+    set_lora_dropout(model, False)  # the tuned model as it will be used: deterministic
     unknown = set(models) - set(MODELS)
     if unknown or not models:
         raise ValueError(f"models must be a non-empty subset of {MODELS}, got {models}")
@@ -153,11 +167,9 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
             video, embedding = row.pop("video"), row.pop("embedding")
             embeddings[(row["model"], row["prompt_index"], row["seed"])] = embedding
             name = _video_name(row["prompt_index"], row["prompt"], row["seed"])
-            row["gif"] = f"videos/{row['model']}/{name}.gif"
-            row["mp4"] = f"videos/{row['model']}/{name}.mp4"
+            row["video"] = f"videos/{row['model']}/{name}.{video_format}"
             if write:
-                for suffix in ("gif", "mp4"):
-                    save_video(video.float() / 255, Path(out_dir) / row[suffix], fps=fps)
+                save_video(video.float() / 255, Path(out_dir) / row["video"], fps=fps)
             rows.append(row)
         bar.update(len(gathered))
     bar.close()
@@ -179,7 +191,7 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
                   metric_keys: list[str], gallery: bool = True) -> None:
     """metrics.csv (one row per video), summary.json, and when asked the base-vs-tuned plot and
     the HTML gallery. Each file appears complete or not at all."""
-    columns = ["prompt_index", "prompt", "seed", "model", *metric_keys, "gif", "mp4"]
+    columns = ["prompt_index", "prompt", "seed", "model", *metric_keys, "video"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

@@ -4,6 +4,8 @@ narrowed to the frames it actually scores when it says which (`scored_frames`)."
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -45,3 +47,13 @@ def frames_to_decode(reward, num_frames: int, rng: random.Random) -> torch.Tenso
     if len(narrow) == given:  # every frame scored: decode what `frames` asks for, as before
         return index
     return narrow if index is None else index[narrow]
+
+
+def score(reward: Any, frames: torch.Tensor, prompts: list[str],
+          rngs: Sequence[random.Random]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """`reward(frames, prompts)`; a reward that picks frames itself (`picks_frames`: a
+    composite, rewards/composite.py) also gets `rngs`, one generator per video, so its picks
+    come from the caller's (seed, step) or per-video seeds like every other random choice."""
+    if getattr(reward, "picks_frames", False):
+        return reward(frames, prompts, rngs=rngs)
+    return reward(frames, prompts)

@@ -42,8 +42,8 @@ table { border-collapse: collapse; }
 .videos td { vertical-align: top; padding: .4rem .8rem .8rem 0; }
 .videos .seed { font-weight: bold; color: #555; padding-top: 1rem; }
 figure { margin: 0; }
-figure img { display: block; max-width: 100%; height: auto; border: 1px solid #ccc; }
-figure img.upscaled { image-rendering: pixelated; }
+figure img, figure video { display: block; max-width: 100%; height: auto; border: 1px solid #ccc; }
+figure img.upscaled, figure video.upscaled { image-rendering: pixelated; }
 figcaption { font-size: .8rem; margin-top: .2rem; }
 .scores td { padding: 0 .6rem 0 0; }
 .scores td.value { text-align: right; font-variant-numeric: tabular-nums; }
@@ -162,11 +162,16 @@ def _video_size(summary: dict) -> tuple[int | None, int | None, bool]:
 def _video_cell(row: dict | None, other: dict | None, urls: dict, summary: dict, model: str) -> str:
     if row is None:
         return f'<td><span class="missing">no {_e(model)} video</span></td>'
-    gif, mp4 = urls[id(row)]
+    url = urls[id(row)]
     width, height, upscaled = _video_size(summary)
     size = f' width="{width}" height="{height}"' if width else ""
     cls = ' class="upscaled"' if upscaled else ""
     alt = f"{model}, prompt {row['prompt_index']}, seed {row['seed']}"
+    suffix = PurePosixPath(row["video"]).suffix.lower()
+    # A GIF is an image; an MP4 plays in a <video> element (muted, so browsers autoplay it).
+    media = (f'<img src="{_e(url)}" alt="{_e(alt)}"{size}{cls}>' if suffix == ".gif" else
+             f'<video src="{_e(url)}" title="{_e(alt)}"{size}{cls} autoplay loop muted '
+             'playsinline></video>')
     scores = []
     for key, label in _metrics(summary):
         mine, theirs = _num(row.get(key)), _num((other or {}).get(key))
@@ -175,8 +180,8 @@ def _video_cell(row: dict | None, other: dict | None, urls: dict, summary: dict,
         highlight = ' class="better"' if better else ""
         scores.append(f'<tr{highlight}><td>{_e(label)}</td>'
                       f'<td class="value">{_fmt(mine)}</td></tr>')
-    return (f'<td><figure><a href="{_e(mp4)}"><img src="{_e(gif)}" alt="{_e(alt)}"{size}{cls}></a>'
-            f'<figcaption><b>{_e(model)}</b> · <a href="{_e(mp4)}">mp4</a>'
+    return (f'<td><figure><a href="{_e(url)}">{media}</a>'
+            f'<figcaption><b>{_e(model)}</b> · <a href="{_e(url)}">{suffix[1:]}</a>'
             f'<table class="scores">{"".join(scores)}</table></figcaption></figure></td>')
 
 
@@ -208,7 +213,7 @@ def write_gallery(eval_dir: Path, rows: list[dict], summary: dict, plots: list[s
     """Write `eval_dir/index.html` (atomically) and return its path.
 
     `rows`: one dict per video with `prompt_index`, `prompt`, `seed`, `model` ("base"/"tuned"),
-    `gif` and `mp4` (posix paths relative to `eval_dir`), `motion` and `reward/<name>` for every
+    `video` (a .gif or .mp4, posix path relative to `eval_dir`), `motion` and `reward/<name>` for every
     name in `summary["rewards"]`. `summary`: `title`, `checkpoint`, `models`, `rewards`,
     `train_reward`, `prompts`, `seeds`, `per_model`, `comparison` and `settings`, as written to
     `summary.json`. `plots`: PNGs relative to `eval_dir`, shown above the videos.
@@ -218,8 +223,7 @@ def write_gallery(eval_dir: Path, rows: list[dict], summary: dict, plots: list[s
     """
     eval_dir = Path(eval_dir)
     # Validate every link first: a gallery with broken images is worse than an error.
-    urls = {id(row): (_check_relative(eval_dir, row["gif"], "gif"),
-                      _check_relative(eval_dir, row["mp4"], "mp4")) for row in rows}
+    urls = {id(row): _check_relative(eval_dir, row["video"], "video") for row in rows}
     plot_urls = [_check_relative(eval_dir, p, "plot") for p in plots]
     title = str(summary.get("title", "evaluation"))
     plots_html = "".join(f'<img src="{_e(u)}" alt="plot {_e(p)}">' for u, p in zip(plot_urls, plots))

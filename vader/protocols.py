@@ -66,7 +66,11 @@ class Backbone(Protocol):
 class Reward(Protocol):
     """Scores videos. `frames` says which frames it needs decoded: "all", "random" (one random
     frame per video) or an int n (every n-th frame). A differentiable reward lets gradients flow
-    from the score back to the frames.
+    from the score back to the frames. A reward that picks frames itself (a composite) sets
+    `picks_frames` and takes `rngs`, one generator per video (vader.frames.score). A reward
+    that reads something from each prompt (a class name) may offer `check_prompts(prompts)`,
+    raising one ValueError that lists every prompt it cannot use; the trainer calls it on all
+    its prompts when it is built.
 
     Optional: a reward that scores only some of the frames it is given has a method
     `scored_frames(n) -> LongTensor`, the sorted indices of those frames out of n, such that

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from vader.frames import select_frames
+from vader.frames import score as score_frames, select_frames
 from vader.protocols import info_numbers
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif")
@@ -95,7 +95,7 @@ def score(videos: list[Path], reward, prompts: dict[str, str], prompt: str | Non
             if index is not None:
                 frames = frames[:, index]
             with torch.no_grad():  # scoring only; the rewards stay differentiable for training
-                value, info = reward(frames, [row["prompt"]])
+                value, info = score_frames(reward, frames, [row["prompt"]], [rng])
             row.update(reward=float(value[0]), frames=int(frames.shape[1]),
                        **{k: float(v) if isinstance(v, torch.Tensor) else v
                           for k, v in info_numbers(info).items()})

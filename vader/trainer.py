@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from vader import checkpoint as ckpt
 from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
-from vader.evaluation import Embedder, VideoSpec, evaluate, headline
-from vader.frames import check_frames, frames_to_decode
+from vader.evaluation import Embedder, VideoSpec, evaluate, headline, set_lora_dropout
+from vader.frames import check_frames, frames_to_decode, score
 from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
@@ -88,6 +88,12 @@ class RewardTrainer:
         self.rewards = {reward_name: reward, **{k: v for k, v in (eval_rewards or {}).items()
                                                  if k != reward_name}}
         self.reward_name, self.embed = reward_name, embed
+        # Rewards that read a class from each prompt check every prompt now, on every process,
+        # rather than failing on one process mid-run while the others wait in a collective.
+        for name, r in self.rewards.items():  # evaluation rewards see held-out prompts only
+            if hasattr(r, "check_prompts"):
+                train = prompts.train if name == reward_name and not cfg.only_val else []
+                r.check_prompts([*train, *prompts.val])
         scheduler = backbone.make_scheduler()
         if cfg.eta > 0 and "eta" not in inspect.signature(scheduler.step).parameters:
             raise ValueError(f"eta={cfg.eta} needs a DDIM scheduler; {type(scheduler).__name__} "
@@ -182,6 +188,7 @@ class RewardTrainer:
         # Non-finite losses or rewards seen in this step's micro-steps, counted on the device so
         # the check costs no synchronisation until the one all-reduce that decides the update.
         non_finite = torch.zeros((), device=acc.device)
+        set_lora_dropout(self.model, True)  # backbone.lora_dropout; evaluation switches it off
         for micro in range(cfg.gradient_accumulation_steps):
             rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
             prompts, seeds = self.batch(self.step, micro)
@@ -251,7 +258,7 @@ class RewardTrainer:
                              compile_no_grad_steps=cfg.compile_no_grad_steps)
             frames = self.backbone.decode(latents, frames_to_decode(self.reward,
                                                                     cfg.num_frames, rng))
-            values, info = self.reward(frames, prompts)
+            values, info = score(self.reward, frames, prompts, [rng] * len(prompts))
             if hasattr(self.reward, "loss"):  # a reward with its own shaping (composite)
                 loss = self.reward.loss(values, info).mean()
             else:
@@ -275,7 +282,7 @@ class RewardTrainer:
         return evaluate(self.backbone, model, rewards or self.rewards, self.prompts.val, seeds,
                         self.spec, self.accelerator, cfg.val_batch_size, out_dir, models,
                         self.embed, cfg.fps, title=title, checkpoint=self._checkpoint_name(),
-                        gallery=gallery, on_summary=on_summary)
+                        gallery=gallery, on_summary=on_summary, video_format=cfg.video_format)
 
     def _checkpoint_name(self) -> str | None:
         if self.cfg.only_val:
