@@ -30,6 +30,7 @@ from vader.loss import reward_loss
 from vader.prompts import PromptSource
 from vader.protocols import Backbone, Reward
 from vader.sampler import check_backprop, cutoff_index, dead_steps, make_noise, sample
+from vader.seeds import TRAIN, generator_seed
 from vader.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
 from vader.video import SUPPORTED_SUFFIXES
 
@@ -164,7 +165,7 @@ class RewardTrainer:
         for g in range(first, first + cfg.train_batch_size):
             epoch, pos = divmod(g, len(train))
             prompts.append(train[self._epoch_order(epoch)[pos]])
-            seeds.append(cfg.seed * 1_000_003 + g)  # distinct from evaluation seeds' range
+            seeds.append(generator_seed(TRAIN, cfg.seed, g))
         return prompts, seeds
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - one trainer per process; two epochs in play
