@@ -304,26 +304,17 @@ class RewardTrainer:
         """Write a resumable checkpoint (main process). A write that fails (a full disk) stops
         every process with the main one's message; earlier checkpoints stay as they were."""
         acc = self.accelerator
-        acc.wait_for_everyone()
-        folder, error = None, None
-        if self.is_main:
+
+        def write() -> Path:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
                      "torch_rng": torch.get_rng_state()}
-            try:
-                folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
-                                              self.backbone.lora_state_dict(), state,
-                                              self.backbone.lora_metadata(),
-                                              keep=self.cfg.keep_checkpoints,
-                                              backbone=self.backbone.name)
-            except ckpt.CheckpointError as err:
-                error = err
-        failed = acc.reduce(torch.tensor([float(error is not None)], device=acc.device), "max")
-        if error is not None:
-            raise error
-        if failed.item() > 0:
-            raise ckpt.CheckpointError("the main process could not write the checkpoint; its "
-                                       "message says why")
+            return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
+                                        self.backbone.lora_state_dict(), state,
+                                        self.backbone.lora_metadata(),
+                                        keep=self.cfg.keep_checkpoints, backbone=self.backbone.name)
+
+        folder = ckpt.save_on_main(acc, write)
         self.last_checkpoint = folder or self.run_dir / "checkpoints" / ckpt.step_dir_name(self.step)
         return folder
 
