@@ -25,7 +25,7 @@ from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
 from vader.evaluation import Embedder, VideoSpec, evaluate, headline
 from vader.frames import check_frames, select_frames
-from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
+from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
 from vader.protocols import Backbone, Reward
@@ -150,6 +150,9 @@ class RewardTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
+        self.nonfinite.load_state_dict(state.get("nonfinite", {}))  # absent from older checkpoints
+        if self.accelerator.scaler is not None and "scaler" in state:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         self.last_checkpoint = folder
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
@@ -179,7 +182,7 @@ class RewardTrainer:
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         losses, rewards, infos = [], [], []
-        grad_norm, skipped = float("nan"), False
+        grad_norm, skipped = float("nan"), None
         # Non-finite losses or rewards seen in this step's micro-steps, counted on the device so
         # the check costs no synchronisation until the one all-reduce that decides the update.
         non_finite = torch.zeros((), device=acc.device)
@@ -197,12 +200,13 @@ class RewardTrainer:
                     if cfg.max_grad_norm > 0:
                         norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     else:
+                        acc.unscale_gradients()  # fp16: the true norm, and the scaler's inf check
                         norm = torch.norm(torch.stack(
                             [p.grad.norm() for p in self.params if p.grad is not None]))
-                    skipped = self._skip_update(non_finite, norm)
+                    # Clipping has scaled NaN gradients by NaN; a skipped update discards them.
+                    skipped = update(acc, self.optimizer, non_finite, norm)
                     if not skipped:
                         grad_norm = float(norm)
-                        self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
             rewards.append(values.detach().float().mean())
@@ -220,8 +224,10 @@ class RewardTrainer:
         self.nonfinite.record(skipped, self.step, "loss, reward or gradient", self.last_checkpoint)
         return {"split": "train", "step": self.step, "loss": loss_mean, "reward": reward_mean,
                 "grad_norm": grad_norm, "lr": self.lr_schedule.get_last_lr()[0],
-                "seconds": time.perf_counter() - start, "skipped": skipped,
+                "seconds": time.perf_counter() - start, "skipped": bool(skipped),
                 "nonfinite_updates": self.nonfinite.total,
+                **({"overflow_updates": self.nonfinite.overflows,
+                    "loss_scale": acc.scaler.get_scale()} if acc.scaler is not None else {}),
                 **{f"reward_info/{k}": v for k, v in info.items()}}
 
     def forward_loss(self, prompts: list[str], seeds: list[int],
@@ -253,14 +259,6 @@ class RewardTrainer:
             else:
                 loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
         return loss, values, info
-
-    def _skip_update(self, non_finite: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        """Whether to skip this update: any process saw a non-finite loss or reward, or the
-        gradients (already averaged across processes) hold one, which makes their norm
-        non-finite. Every process reaches the same answer, so they skip together and their
-        LoRAs stay identical. (Clipping has scaled NaN gradients by NaN; they are discarded.)"""
-        bad = (non_finite > 0) | ~torch.isfinite(grad_norm.detach().float())
-        return bool(self.accelerator.reduce(bad.float().reshape(1), "max").item() > 0)
 
     def evaluate(self, out_dir: Path | None, models: tuple[str, ...] = ("base", "tuned"),
                  rewards: dict[str, Reward] | None = None, gallery: bool = True,
@@ -308,7 +306,9 @@ class RewardTrainer:
         def write() -> Path:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
-                     "torch_rng": torch.get_rng_state()}
+                     "torch_rng": torch.get_rng_state(), "nonfinite": self.nonfinite.state_dict()}
+            if acc.scaler is not None:  # fp16: the loss scale it has found, and its growth count
+                state["scaler"] = acc.scaler.state_dict()
             return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
                                         self.backbone.lora_state_dict(), state,
                                         self.backbone.lora_metadata(),
