@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import ROOT, TINY
 from vader import checkpoint as ckpt
+from vader.tracking import MetricsLog
 
 RUN = ["num_steps=6", "checkpoint_every=1", "keep_checkpoints=2"]
 
@@ -230,6 +231,51 @@ def test_lora_of_another_rank_or_backbone_fails_by_name(make_trainer, tmp_path):
     save_file({k: v[:2].contiguous() for k, v in state.items()}, bare)
     with pytest.raises(ValueError, match=r"has shape .*\(is lora_rank the same"):
         make_trainer(f"lora_path={bare}", run_dir=tmp_path / "bare_run").setup()
+
+
+class Died(Exception):
+    pass
+
+
+def test_resume_logs_each_step_once_and_keeps_the_skip_counts(make_trainer, monkeypatch):
+    """Killed after step 3 was logged, resumed from step 2's checkpoint: metrics.jsonl (and the
+    plot drawn from it) holds step 3 once, the evaluation at step 2 once, and the skipped
+    update of step 1 is still counted."""
+    args = (*RUN, "num_steps=4", "checkpoint_every=2", "val_every=2")
+    trainer = make_trainer(*args)
+    trainer.setup()
+    poison(trainer, {0})
+    real_step = type(trainer).train_step
+
+    def dying_step(self):
+        if self.step == 3:
+            raise Died
+        return real_step(self)
+
+    monkeypatch.setattr(type(trainer), "train_step", dying_step)
+    with pytest.raises(Died):
+        trainer.train()
+    monkeypatch.undo()
+    resumed = make_trainer(*args)
+    resumed.setup()
+    assert resumed.step == 2
+    assert (resumed.nonfinite.total, resumed.nonfinite.in_a_row) == (1, 0)
+    resumed.train()
+    records = resumed.metrics.read()
+    assert [(r["split"], r["step"]) for r in records] == [
+        ("train", 1), ("train", 2), ("val", 2), ("train", 3), ("train", 4), ("val", 4)]
+    assert records[-2]["nonfinite_updates"] == 1
+
+
+def test_metrics_truncate_drops_a_line_cut_short(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True)
+    for step in (1, 2, 3):
+        log.write({"split": "train", "step": step})
+    log.write({"split": "val", "step": 2})
+    with log.path.open("a") as f:
+        f.write('{"split": "train", "st')  # killed while writing
+    log.truncate(2, keep_val_at_step=False)
+    assert log.read() == [{"split": "train", "step": 1}, {"split": "train", "step": 2}]
 
 
 def test_corrupt_checkpoint_files_are_named(make_trainer, tmp_path):

@@ -154,6 +154,8 @@ class RewardTrainer:
         if self.accelerator.scaler is not None and "scaler" in state:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
+        # The final evaluation is the one at num_steps, and it runs again; a periodic one does not.
+        self.metrics.truncate(self.step, keep_val_at_step=self.step < self.cfg.num_steps)
         self.last_checkpoint = folder
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
 
