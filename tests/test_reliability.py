@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import ROOT, TINY
 from vader import checkpoint as ckpt
+from vader.guards import Interrupted
 from vader.tracking import MetricsLog
 
 RUN = ["num_steps=6", "checkpoint_every=1", "keep_checkpoints=2"]
@@ -276,6 +277,20 @@ def test_metrics_truncate_drops_a_line_cut_short(tmp_path):
         f.write('{"split": "train", "st')  # killed while writing
     log.truncate(2, keep_val_at_step=False)
     assert log.read() == [{"split": "train", "step": 1}, {"split": "train", "step": 2}]
+
+
+def test_a_signal_during_an_evaluation_stops_right_after_it(make_trainer, tmp_path, monkeypatch):
+    """The signal arrives while the evaluation after step 2 runs: the run saves step 2 and
+    stops, instead of training (and waiting for) step 3 first."""
+    trainer = make_trainer(*RUN, "val_every=2", "checkpoint_every=100")
+    trainer.setup()
+    monkeypatch.setattr(trainer, "_periodic_evaluation",
+                        lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(Interrupted) as stopped:
+        trainer.train()
+    assert stopped.value.signum == signal.SIGTERM
+    assert trainer.step == 2 and "stopped by SIGTERM at step 2 of 6" in stopped.value.message
+    assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_000002"
 
 
 def test_corrupt_checkpoint_files_are_named(make_trainer, tmp_path):

@@ -339,11 +339,14 @@ class RewardTrainer:
                 saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps
                 if saved:
                     self.save_checkpoint()
-                if self._stop_requested(stop):
+                stopping = self._stop_requested(stop)
+                if not stopping and self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
+                    self._periodic_evaluation()
+                    # A signal during the evaluation stops here, not after one more step.
+                    stopping = self._stop_requested(stop)
+                if stopping:
                     bar.close()
                     self._stop(stop.signum, saved)
-                if self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
-                    self._periodic_evaluation()
         bar.close()
         summary = self.final_evaluation()
         if self.is_main:
