@@ -140,7 +140,7 @@ def poison(trainer, bad_steps):
 
 
 def test_a_nan_reward_is_skipped_and_counted(make_trainer, tmp_path):
-    trainer = make_trainer(*RUN)
+    trainer = make_trainer(*RUN, "keep_checkpoints=0")
     trainer.setup()
     poison(trainer, {2})
     trainer.train()
@@ -149,7 +149,11 @@ def test_a_nan_reward_is_skipped_and_counted(make_trainer, tmp_path):
     assert records[-1]["nonfinite_updates"] == 1 and math.isnan(records[2]["loss"])
     root = tmp_path / "run" / "checkpoints"
     assert all_finite(root)
-    # The skipped update changed nothing: the LoRA after step 3 is the LoRA after step 2.
+    # The skipped update changed nothing: the LoRA after step 3 is the LoRA after step 2, and
+    # the finite update after it did change it.
+    step2, step3, step4 = (lora_of(root / ckpt.step_dir_name(s)) for s in (2, 3, 4))
+    assert all(torch.equal(step2[k], step3[k]) for k in step2)
+    assert any(not torch.equal(step3[k], step4[k]) for k in step3)
     assert trainer.nonfinite.total == 1
 
 
