@@ -14,6 +14,7 @@ from backbones.tiny import tiny
 from rewards.common import resize_crop_normalize
 from tests.conftest import ROOT
 from vader.sampler import make_noise, sample
+from vader.seeds import ETA, generator_seed
 
 
 def count_reads(monkeypatch) -> collections.Counter:
@@ -99,7 +100,7 @@ def test_normalisation_constants_are_built_once(monkeypatch):
 
 def test_eta_noise_on_a_cpu_is_the_cpu_generators():
     """DDIM with eta > 0: the per-step noise is drawn on the latents' device; on a CPU those are
-    the numbers a CPU generator per video and step gives (seed * 1000 + step), as before."""
+    the numbers a CPU generator per video and step gives (vader.seeds: purpose ETA), as before."""
     from diffusers import DDIMScheduler
 
     torch.manual_seed(0)
@@ -115,7 +116,7 @@ def test_eta_noise_on_a_cpu_is_the_cpu_generators():
         x, cond = noise, backbone.encode_prompts(prompts)
         for i, t in enumerate(scheduler.timesteps):
             step_noise = torch.stack([
-                torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(s * 1000 + i))
+                torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(generator_seed(ETA, s, i)))
                 for s in seeds])
             out = backbone.unet(x, t, encoder_hidden_states=cond).sample
             x = scheduler.step(out, t, x, eta=0.5, variance_noise=step_noise).prev_sample

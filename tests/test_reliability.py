@@ -2,7 +2,6 @@
 losing work, and say what happened and what to do."""
 from __future__ import annotations
 
-import errno
 import math
 import os
 import random
@@ -17,6 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import ROOT, TINY
 from vader import checkpoint as ckpt
+from vader.guards import Interrupted
+from vader.tracking import MetricsLog
 
 RUN = ["num_steps=6", "checkpoint_every=1", "keep_checkpoints=2"]
 
@@ -139,7 +140,7 @@ def poison(trainer, bad_steps):
 
 
 def test_a_nan_reward_is_skipped_and_counted(make_trainer, tmp_path):
-    trainer = make_trainer(*RUN)
+    trainer = make_trainer(*RUN, "keep_checkpoints=0")
     trainer.setup()
     poison(trainer, {2})
     trainer.train()
@@ -148,7 +149,11 @@ def test_a_nan_reward_is_skipped_and_counted(make_trainer, tmp_path):
     assert records[-1]["nonfinite_updates"] == 1 and math.isnan(records[2]["loss"])
     root = tmp_path / "run" / "checkpoints"
     assert all_finite(root)
-    # The skipped update changed nothing: the LoRA after step 3 is the LoRA after step 2.
+    # The skipped update changed nothing: the LoRA after step 3 is the LoRA after step 2, and
+    # the finite update after it did change it.
+    step2, step3, step4 = (lora_of(root / ckpt.step_dir_name(s)) for s in (2, 3, 4))
+    assert all(torch.equal(step2[k], step3[k]) for k in step2)
+    assert any(not torch.equal(step3[k], step4[k]) for k in step3)
     assert trainer.nonfinite.total == 1
 
 
@@ -233,32 +238,63 @@ def test_lora_of_another_rank_or_backbone_fails_by_name(make_trainer, tmp_path):
         make_trainer(f"lora_path={bare}", run_dir=tmp_path / "bare_run").setup()
 
 
-def test_full_disk_during_a_save_keeps_the_previous_checkpoint(make_trainer, tmp_path, monkeypatch):
-    trainer = make_trainer(*RUN)
+class Died(Exception):
+    pass
+
+
+def test_resume_logs_each_step_once_and_keeps_the_skip_counts(make_trainer, monkeypatch):
+    """Killed after step 3 was logged, resumed from step 2's checkpoint: metrics.jsonl (and the
+    plot drawn from it) holds step 3 once, the evaluation at step 2 once, and the skipped
+    update of step 1 is still counted."""
+    args = (*RUN, "num_steps=4", "checkpoint_every=2", "val_every=2")
+    trainer = make_trainer(*args)
     trainer.setup()
-    real_save = torch.save
+    poison(trainer, {0})
+    real_step = type(trainer).train_step
 
-    def full_disk(obj, path, *args, **kwargs):
-        if trainer.step == 3:
-            with open(path, "wb") as f:
-                f.write(b"partial")  # some bytes land, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, path, *args, **kwargs)
+    def dying_step(self):
+        if self.step == 3:
+            raise Died
+        return real_step(self)
 
-    monkeypatch.setattr(ckpt.torch, "save", full_disk)
-    with pytest.raises(ckpt.CheckpointError, match=r"could not write training_state.pt .*No space "
-                                                   r"left on device.*step_000002 is intact"):
+    monkeypatch.setattr(type(trainer), "train_step", dying_step)
+    with pytest.raises(Died):
         trainer.train()
     monkeypatch.undo()
-    root = tmp_path / "run" / "checkpoints"
-    assert ckpt.latest_checkpoint(root).name == "step_000002"
-    assert ckpt.load_training_state(root / "step_000002")["step"] == 2
-    assert not list(root.glob(".step_*")) and not (root / "step_000003").exists()
-    resumed = make_trainer(*RUN)
+    resumed = make_trainer(*args)
     resumed.setup()
     assert resumed.step == 2
+    counts = (resumed.nonfinite.total, resumed.nonfinite.in_a_row)
     resumed.train()
-    assert ckpt.latest_checkpoint(root).name == "step_000006"
+    records = resumed.metrics.read()
+    assert [(r["split"], r["step"]) for r in records] == [
+        ("train", 1), ("train", 2), ("val", 2), ("train", 3), ("train", 4), ("val", 4)]
+    assert counts == (1, 0) and records[-2]["nonfinite_updates"] == 1
+
+
+def test_metrics_truncate_drops_a_line_cut_short(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True)
+    for step in (1, 2, 3):
+        log.write({"split": "train", "step": step})
+    log.write({"split": "val", "step": 2})
+    with log.path.open("a") as f:
+        f.write('{"split": "train", "st')  # killed while writing
+    log.truncate(2, keep_val_at_step=False)
+    assert log.read() == [{"split": "train", "step": 1}, {"split": "train", "step": 2}]
+
+
+def test_a_signal_during_an_evaluation_stops_right_after_it(make_trainer, tmp_path, monkeypatch):
+    """The signal arrives while the evaluation after step 2 runs: the run saves step 2 and
+    stops, instead of training (and waiting for) step 3 first."""
+    trainer = make_trainer(*RUN, "val_every=2", "checkpoint_every=100")
+    trainer.setup()
+    monkeypatch.setattr(trainer, "_periodic_evaluation",
+                        lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(Interrupted) as stopped:
+        trainer.train()
+    assert stopped.value.signum == signal.SIGTERM
+    assert trainer.step == 2 and "stopped by SIGTERM at step 2 of 6" in stopped.value.message
+    assert ckpt.latest_checkpoint(tmp_path / "run" / "checkpoints").name == "step_000002"
 
 
 def test_corrupt_checkpoint_files_are_named(make_trainer, tmp_path):

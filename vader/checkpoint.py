@@ -19,7 +19,7 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -93,12 +93,12 @@ def save_checkpoint(root: Path | str, step: int, lora: dict[str, torch.Tensor],
                               "or inf. The previous checkpoint is intact; lower lr or keep "
                               "max_grad_norm > 0 and resume from it.")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    current = root / LORA_FILE
+    tmp, old = root / f".{final.name}.tmp", root / f".{final.name}.old"
+    current, placed, moved_aside = root, False, False
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         current = tmp / LORA_FILE
         save_file({k: v.detach().contiguous().cpu() for k, v in lora.items()}, current,
@@ -109,27 +109,76 @@ def save_checkpoint(root: Path | str, step: int, lora: dict[str, torch.Tensor],
             torch.save(state, current)
             _fsync(current)
         _fsync(tmp)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # Re-saving a step (a run resumed from before it): the old folder moves aside first, so
+        # a folder of that name is complete at every moment.
+        current = final
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.replace(final, old)
+            moved_aside = True
+        os.replace(tmp, final)
+        placed = True
+        _fsync(root)
+        current = root / "latest"
+        atomic_write_text(current, final.name + "\n", fsync=True)
+    # Any exception, not just OSError: a full disk makes torch.save raise RuntimeError and
+    # safetensors raise SafetensorError, and either way the folder must not stay half-written.
+    except Exception as err:  # noqa: BLE001
+        _undo(tmp, final, old, placed, moved_aside)
         previous = latest_checkpoint(root)
         kept = f"The previous checkpoint {previous} is intact. " if previous else ""
         raise CheckpointError(
-            f"could not write {current.name} of checkpoint {final} ({err.strerror or err}). {kept}"
+            f"could not write {current.name} of checkpoint {final} ({_reason(err)}). {kept}"
             "Free disk space (or move the run elsewhere) and run the same command again: it "
             "resumes from the latest complete checkpoint.") from err
-    # Re-saving a step (a run resumed from before it): the old folder moves aside first, so a
-    # folder of that name is complete at every moment.
-    old = root / f".{final.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(root)
-    atomic_write_text(root / "latest", final.name + "\n", fsync=True)
     shutil.rmtree(old, ignore_errors=True)
     if keep > 0:
         prune(root, keep)
     return final
+
+
+def _undo(tmp: Path, final: Path, old: Path, placed: bool, moved_aside: bool) -> None:
+    """Put the folder back as it was before a failed save: no temporary folder, no new step
+    folder that `latest` does not name, and a re-saved step's previous folder in its place."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    if placed:
+        shutil.rmtree(final, ignore_errors=True)
+    if moved_aside:
+        try:
+            os.replace(old, final)
+        except OSError:
+            pass  # `latest_checkpoint` falls back to the newest complete folder
+
+
+def _reason(err: Exception) -> str:
+    # torch.save's message runs to several lines of C++ context; its first line says enough.
+    text = getattr(err, "strerror", None) or (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def save_on_main(accelerator: Any, write: Callable[[], Path]) -> Path | None:
+    """Call `write()` on the main process only; if it raises, every process raises together.
+
+    Whatever `write` raises is caught, so the main process reaches the all-reduce below in every
+    case: one that raised before it would leave the others waiting in it for ever (or until a
+    launcher kills them, without a word on what happened). The main process re-raises its own
+    error; the others raise a CheckpointError pointing at it. Returns the folder on the main
+    process, None on the others."""
+    accelerator.wait_for_everyone()
+    folder, error = None, None
+    if accelerator.is_main_process:
+        try:
+            folder = write()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the collective
+            error = err
+    flag = torch.tensor([float(error is not None)], device=accelerator.device)
+    failed = accelerator.reduce(flag, "max").item() > 0
+    if error is not None:
+        raise error
+    if failed:
+        raise CheckpointError("the main process could not write the checkpoint; its message "
+                              "(above or in its log) says why")
+    return folder
 
 
 def prune(root: Path, keep: int) -> list[Path]:

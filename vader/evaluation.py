@@ -31,6 +31,7 @@ from vader.files import atomic_write_text
 from vader.frames import score, select_frames
 from vader.protocols import Backbone, Reward
 from vader.sampler import make_noise, sample
+from vader.seeds import EVAL, generator_seed
 from vader.video import save_video
 
 MODELS = ("base", "tuned")
@@ -94,12 +95,14 @@ def _video_name(prompt_index: int, prompt: str, seed: int) -> str:
 
 def _generate(backbone: Backbone, model: nn.Module, prompts: list[str], seeds: list[int],
               spec: VideoSpec, accelerator: Accelerator) -> torch.Tensor:
+    # The noise of evaluation seed s, the same for base and tuned and for every prompt.
+    noise_seeds = [generator_seed(EVAL, s) for s in seeds]
     noise = make_noise(backbone.latent_shape(len(prompts), spec.num_frames, spec.height, spec.width),
-                       seeds, accelerator.device)
+                       noise_seeds, accelerator.device)
     with accelerator.autocast():
         latents = sample(backbone, model, prompts, noise,
                          num_inference_steps=spec.num_inference_steps,
-                         guidance_scale=spec.guidance_scale, eta=spec.eta, step_seeds=seeds,
+                         guidance_scale=spec.guidance_scale, eta=spec.eta, step_seeds=noise_seeds,
                          batch_cfg=spec.batch_cfg)
         return backbone.decode(latents).float()
 

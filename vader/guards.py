@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 class Interrupted(SystemExit):
     """Raised after a stop signal once the checkpoint is saved: exits with 128 + the signal
@@ -54,12 +56,20 @@ class StopSignals:
 
 class NonFiniteGuard:
     """Counts updates skipped because the loss, reward or gradients were not finite; too many
-    in a row stop the run, since by then the weights or the learning rate are the problem."""
+    in a row stop the run, since by then the weights or the learning rate are the problem.
+
+    Under fp16, GradScaler's overflows are counted apart (`overflows`): while it looks for its
+    scale (it starts at 65536 and halves at each overflow) several in a row are routine, so they
+    neither count towards the limit nor break a run of non-finite updates."""
 
     def __init__(self, limit: int):
-        self.limit, self.in_a_row, self.total = limit, 0, 0
+        self.limit, self.in_a_row, self.total, self.overflows = limit, 0, 0, 0
 
-    def record(self, skipped: bool, step: int, what: str, last_checkpoint: Path | None) -> None:
+    def record(self, skipped: str | None, step: int, what: str, last_checkpoint: Path | None) -> None:
+        """`skipped`: why this update was skipped (see `update`), or None."""
+        if skipped == "overflow":
+            self.overflows += 1
+            return
         if not skipped:
             self.in_a_row = 0
             return
@@ -73,6 +83,41 @@ class NonFiniteGuard:
                 f"{step}) had a non-finite "
                 f"{what}; {kept}Lower lr or loss.grad_scale, keep max_grad_norm > 0, check the "
                 "reward for NaN on these prompts, or raise max_nonfinite_in_a_row.")
+
+    # Saved in the training state, so a resumed run stops after the same number in a row and
+    # its logged totals continue instead of restarting at 0.
+    def state_dict(self) -> dict[str, int]:
+        return {"in_a_row": self.in_a_row, "total": self.total, "overflows": self.overflows}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("in_a_row", "total", "overflows"):
+            setattr(self, key, int(state.get(key, 0)))
+
+
+def update(accelerator: Any, optimizer: Any, non_finite: torch.Tensor,
+           grad_norm: torch.Tensor) -> str | None:
+    """Step the optimizer, or skip this update on every process; returns why it was skipped:
+    "nonfinite" (a process saw a non-finite loss or reward, or the gradients, already averaged
+    across processes, hold NaN or inf), "overflow" (fp16: GradScaler found inf in the scaled
+    gradients and skipped the step itself, halving its scale), or None when it stepped.
+
+    Under fp16 the gradients must already be unscaled (`clip_grad_norm_` or `unscale_gradients`)
+    and the scaler must hear of every update, stepped or skipped: one it is not told about keeps
+    its record of the unscale, and the next unscale raises "unscale_() has already been called"."""
+    scaler = accelerator.scaler
+    bad = non_finite > 0
+    if scaler is None:  # with a scaler, a non-finite gradient is its business (below)
+        bad = bad | ~torch.isfinite(grad_norm.detach().float())
+    # One all-reduce: every process reaches the same answer, so their LoRAs stay identical.
+    if accelerator.reduce(bad.float().reshape(1), "max").item() > 0:
+        if scaler is not None:
+            scaler.update()  # ends the iteration without a step (the scale halves if inf was seen)
+        return "nonfinite"
+    optimizer.step()  # with a scaler: skipped by it when the gradients overflowed
+    if scaler is not None and optimizer.step_was_skipped:
+        # At a scale below 1 the scaling can no longer be what overflowed: the gradient is.
+        return "nonfinite" if scaler.get_scale() < 1 else "overflow"
+    return None
 
 
 def check_lora_fits(meta: dict[str, Any], expected: dict[str, Any], backbone: str, file: Path) -> None:

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from vader.protocols import Backbone
+from vader.seeds import ETA, generator_seed
 
 BACKPROP_MODES = ("last", "rand", "specific")
 
@@ -192,7 +193,8 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
             kwargs = {}
             if eta > 0:
                 kwargs = {"eta": eta, "variance_noise": make_noise(
-                    tuple(latents.shape), [s * 1000 + i for s in step_seeds or range(len(prompts))],
+                    tuple(latents.shape),
+                    [generator_seed(ETA, s, i) for s in step_seeds or range(len(prompts))],
                     latents.device, latents.dtype, draw_on=latents.device)}
             latents = scheduler.step(out, t, latents, **kwargs).prev_sample
     return latents

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vader.files import atomic_write
+from vader.files import atomic_write, atomic_write_text
 
 LOGGERS = ("none", "tensorboard", "wandb")
 
@@ -48,6 +48,25 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate(self, step: int, keep_val_at_step: bool) -> None:
+        """Forget what a killed run logged after its checkpoint at `step`: the resumed run logs
+        those steps again, and the log (and the plot drawn from it) would show them twice.
+        Training records up to `step` stay; so does the evaluation at `step` if
+        `keep_val_at_step` (it ran after the save and the resumed run does not repeat it). A last
+        line cut short by the kill is dropped too."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record["step"] < step or record["step"] == step and (
+                    record.get("split") != "val" or keep_val_at_step):
+                kept.append(json.dumps(record) + "\n")
+        atomic_write_text(self.path, "".join(kept), fsync=True)
 
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, base: float | None = None) -> Path | None:

@@ -25,11 +25,12 @@ from vader.config import TrainConfig
 from vader.eval_stats import pixel_embedding
 from vader.evaluation import Embedder, VideoSpec, evaluate, headline, set_lora_dropout
 from vader.frames import check_frames, frames_to_decode, score
-from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits
+from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
 from vader.loss import reward_loss
 from vader.prompts import PromptSource
 from vader.protocols import Backbone, Reward, info_numbers
 from vader.sampler import check_backprop, cutoff_index, dead_steps, make_noise, sample
+from vader.seeds import TRAIN, generator_seed
 from vader.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
 from vader.video import SUPPORTED_SUFFIXES
 
@@ -155,7 +156,12 @@ class RewardTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
+        self.nonfinite.load_state_dict(state.get("nonfinite", {}))  # absent from older checkpoints
+        if self.accelerator.scaler is not None and "scaler" in state:
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
+        # The final evaluation is the one at num_steps, and it runs again; a periodic one does not.
+        self.metrics.truncate(self.step, keep_val_at_step=self.step < self.cfg.num_steps)
         self.last_checkpoint = folder
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
 
@@ -170,7 +176,7 @@ class RewardTrainer:
         for g in range(first, first + cfg.train_batch_size):
             epoch, pos = divmod(g, len(train))
             prompts.append(train[self._epoch_order(epoch)[pos]])
-            seeds.append(cfg.seed * 1_000_003 + g)  # distinct from evaluation seeds' range
+            seeds.append(generator_seed(TRAIN, cfg.seed, g))
         return prompts, seeds
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - one trainer per process; two epochs in play
@@ -184,7 +190,7 @@ class RewardTrainer:
         cfg, acc = self.cfg, self.accelerator
         start = time.perf_counter()
         losses, rewards, infos = [], [], []
-        grad_norm, skipped = torch.full((1,), float("nan"), device=acc.device), False
+        grad_norm, skipped = torch.full((1,), float("nan"), device=acc.device), None
         # Non-finite losses or rewards seen in this step's micro-steps, counted on the device so
         # the check costs no synchronisation until the one all-reduce that decides the update.
         non_finite = torch.zeros((), device=acc.device)
@@ -203,12 +209,13 @@ class RewardTrainer:
                     if cfg.max_grad_norm > 0:
                         norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     else:
+                        acc.unscale_gradients()  # fp16: the true norm, and the scaler's inf check
                         norm = torch.norm(torch.stack(
                             [p.grad.norm() for p in self.params if p.grad is not None]))
-                    skipped = self._skip_update(non_finite, norm)
+                    # Clipping has scaled NaN gradients by NaN; a skipped update discards them.
+                    skipped = update(acc, self.optimizer, non_finite, norm)
                     if not skipped:
                         grad_norm = norm.detach().float().reshape(1)
-                        self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             losses.append(loss.detach())
             rewards.append(values.detach().float().mean())
@@ -231,8 +238,10 @@ class RewardTrainer:
         self.nonfinite.record(skipped, self.step, "loss, reward or gradient", self.last_checkpoint)
         return {"split": "train", "step": self.step, "loss": loss_mean, "reward": reward_mean,
                 "grad_norm": grad_norm, "lr": self.lr_schedule.get_last_lr()[0],
-                "seconds": time.perf_counter() - start, "skipped": skipped,
+                "seconds": time.perf_counter() - start, "skipped": bool(skipped),
                 "nonfinite_updates": self.nonfinite.total,
+                **({"overflow_updates": self.nonfinite.overflows,
+                    "loss_scale": acc.scaler.get_scale()} if acc.scaler is not None else {}),
                 **{f"reward_info/{k}": v for k, v in info.items()}}
 
     def forward_loss(self, prompts: list[str], seeds: list[int],
@@ -264,14 +273,6 @@ class RewardTrainer:
             else:
                 loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
         return loss, values, info
-
-    def _skip_update(self, non_finite: torch.Tensor, grad_norm: torch.Tensor) -> bool:
-        """Whether to skip this update: any process saw a non-finite loss or reward, or the
-        gradients (already averaged across processes) hold one, which makes their norm
-        non-finite. Every process reaches the same answer, so they skip together and their
-        LoRAs stay identical. (Clipping has scaled NaN gradients by NaN; they are discarded.)"""
-        bad = (non_finite > 0) | ~torch.isfinite(grad_norm.detach().float())
-        return bool(self.accelerator.reduce(bad.float().reshape(1), "max").item() > 0)
 
     def evaluate(self, out_dir: Path | None, models: tuple[str, ...] = ("base", "tuned"),
                  rewards: dict[str, Reward] | None = None, gallery: bool = True,
@@ -315,26 +316,19 @@ class RewardTrainer:
         """Write a resumable checkpoint (main process). A write that fails (a full disk) stops
         every process with the main one's message; earlier checkpoints stay as they were."""
         acc = self.accelerator
-        acc.wait_for_everyone()
-        folder, error = None, None
-        if self.is_main:
+
+        def write() -> Path:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
-                     "torch_rng": torch.get_rng_state()}
-            try:
-                folder = ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
-                                              self.backbone.lora_state_dict(), state,
-                                              self.backbone.lora_metadata(),
-                                              keep=self.cfg.keep_checkpoints,
-                                              backbone=self.backbone.name)
-            except ckpt.CheckpointError as err:
-                error = err
-        failed = acc.reduce(torch.tensor([float(error is not None)], device=acc.device), "max")
-        if error is not None:
-            raise error
-        if failed.item() > 0:
-            raise ckpt.CheckpointError("the main process could not write the checkpoint; its "
-                                       "message says why")
+                     "torch_rng": torch.get_rng_state(), "nonfinite": self.nonfinite.state_dict()}
+            if acc.scaler is not None:  # fp16: the loss scale it has found, and its growth count
+                state["scaler"] = acc.scaler.state_dict()
+            return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
+                                        self.backbone.lora_state_dict(), state,
+                                        self.backbone.lora_metadata(),
+                                        keep=self.cfg.keep_checkpoints, backbone=self.backbone.name)
+
+        folder = ckpt.save_on_main(acc, write)
         self.last_checkpoint = folder or self.run_dir / "checkpoints" / ckpt.step_dir_name(self.step)
         return folder
 
@@ -357,11 +351,14 @@ class RewardTrainer:
                 saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps
                 if saved:
                     self.save_checkpoint()
-                if self._stop_requested(stop):
+                stopping = self._stop_requested(stop)
+                if not stopping and self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
+                    self._periodic_evaluation()
+                    # A signal during the evaluation stops here, not after one more step.
+                    stopping = self._stop_requested(stop)
+                if stopping:
                     bar.close()
                     self._stop(stop.signum, saved)
-                if self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
-                    self._periodic_evaluation()
         bar.close()
         summary = self.final_evaluation()
         if self.is_main:
