@@ -65,7 +65,8 @@ class NonFiniteGuard:
     def __init__(self, limit: int):
         self.limit, self.in_a_row, self.total, self.overflows = limit, 0, 0, 0
 
-    def record(self, skipped: str | None, step: int, what: str, last_checkpoint: Path | None) -> None:
+    def record(self, skipped: str | None, step: int, what: str,
+               last_checkpoint: Path | None) -> None:
         """`skipped`: why this update was skipped (see `update`), or None."""
         if skipped == "overflow":
             self.overflows += 1
