@@ -253,10 +253,13 @@ def test_yaml_builds_with_tiny_sources(name, folders):
 
 
 # --- training ------------------------------------------------------------------------------------
-# Smallest mean gain over seeds 0-2 the test accepts; measured (benchmarks.learning_margins, six
-# seeds, locked and newest versions) in docs/environment.md and below.
-MARGINS = {"aesthetic": 0.005, "clip_score": 0.02, "pickscore": 0.1}
-
+# Smallest mean gain over seeds 0-2 the test accepts, about half the smallest single-seed gain
+# measured (python -m benchmarks.learning_margins; docs/environment.md has both version sets).
+# Held-out gain per seed, locked versions (torch 2.14.1), seeds 0-5, 2026-11-30:
+#   aesthetic  +0.0132 +0.0144 +0.0127 +0.0122 +0.0126 +0.0125   (6/6, mean +0.0129)
+#   clip_score +0.0169 +0.0471 +0.0343 +0.0476 +0.0187 +0.0220   (6/6, mean +0.0311)
+#   pickscore  +0.168  +0.387  +0.207  +0.527  +0.319  +0.194    (6/6, mean +0.300)
+MARGINS = {"aesthetic": 0.006, "clip_score": 0.008, "pickscore": 0.08}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)

@@ -301,10 +301,13 @@ def test_yaml_targets_and_defaults(name, folders):
 
 
 # 4. Training on the tiny backbone ---------------------------------------------------------------
-# Smallest mean gain over seeds 0-2 the test accepts; measured (benchmarks.learning_margins, six
-# seeds, locked and newest versions) in docs/environment.md and below.
-MARGINS = {"xclip": 0.015, "actpred": 0.05, "object": 0.015}
-
+# Smallest mean gain over seeds 0-2 the test accepts, about half the smallest single-seed gain
+# measured (python -m benchmarks.learning_margins; docs/environment.md has both version sets).
+# Held-out gain per seed, locked versions (torch 2.14.1), seeds 0-5, 2026-11-30:
+#   xclip   +0.0162 +0.0228 +0.0093 +0.0195 +0.0165 +0.0319   (6/6, mean +0.0194)
+#   actpred +0.469  +0.420  +0.315  +0.297  +0.374  +0.302    (6/6, mean +0.363)
+#   object  +0.0470 +0.0623 +0.0654 +0.0606 +0.0392 +0.0583   (6/6, mean +0.0555)
+MARGINS = {"xclip": 0.005, "actpred": 0.15, "object": 0.02}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["xclip", "actpred", "object"])
