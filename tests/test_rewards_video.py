@@ -24,10 +24,8 @@ B, T = 2, 5
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_video_rewards")
-    return {"xclip": tvm.write_xclip(root / "xclip"),
-            "actpred": tvm.write_videomae(root / "videomae"),
-            "object": tvm.write_yolos(root / "yolos")}
+    return learning.reward_folders(tmp_path_factory.mktemp("tiny_video_rewards"),
+                                   ("xclip", "actpred", "object"))
 
 
 def build(name: str, folders, **kwargs):
