@@ -137,7 +137,11 @@ def test_default_job_improves_held_out_reward(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = proc.stdout.split("held-out colorfulness: base")[1].splitlines()[0]
     before, after = float(line.split(",")[0]), float(line.split("tuned")[1].split(",")[0])
-    assert after > before + 0.01, (before, after)
+    # A margin, not a sign: held-out colorfulness before -> after for seeds 0-3 of this job
+    # (python -m benchmarks.learning_margins --settings default_job --seeds 0 1 2 3, locked
+    # versions, 2026-11-30): 0.3400 -> 0.4441, 0.4431, 0.4577, 0.4515 (gains +0.103 to +0.118),
+    # and DJ_NEW for seeds 0-1 with the newest versions (torch 2.15.0).
+    assert after > before + 0.05, (before, after)
     assert "(tuned)" in line, line  # the win-rate interval excludes a tie
     assert (tmp_path / "checkpoints" / "step_000040" / "pytorch_lora_weights.safetensors").is_file()
     assert len(list((tmp_path / "eval" / "videos" / "tuned").glob("*.mp4"))) == 8  # video_format
