@@ -302,13 +302,40 @@ def test_yaml_targets_and_defaults(name, folders):
 # Smallest mean gain over seeds 0-2 the test accepts, about half the smallest single-seed gain
 # measured (python -m benchmarks.learning_margins; docs/environment.md has both version sets).
 # Held-out gain per seed, locked versions (torch 2.14.1), seeds 0-5, 2026-11-30:
-#   xclip   +0.0162 +0.0228 +0.0093 +0.0195 +0.0165 +0.0319   (6/6, mean +0.0194)
 #   actpred +0.469  +0.420  +0.315  +0.297  +0.374  +0.302    (6/6, mean +0.363)
 #   object  +0.0470 +0.0623 +0.0654 +0.0606 +0.0392 +0.0583   (6/6, mean +0.0555)
-MARGINS = {"xclip": 0.005, "actpred": 0.15, "object": 0.02}
+# X-CLIP is not here: on the random tiny X-CLIP its held-out gains are at the noise level and
+# change sign with the thread count and the torch version (seeds 0-5: 1/6 to 6/6 improved by
+# setting, and the 6/6 setting failed under two threads), so no held-out claim is made for it;
+# test_xclip_gradient_points_uphill checks what holds on any numerics.
+MARGINS = {"actpred": 0.15, "object": 0.02}
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["xclip", "actpred", "object"])
+@pytest.mark.parametrize("name", ["actpred", "object"])
 def test_reward_trains(name, folders, tmp_path):
     outcomes = [learning.train(name, folders, seed, tmp_path / str(seed)) for seed in learning.SEEDS]
     learning.assert_learns(outcomes, MARGINS[name])
+
+
+def test_xclip_gradient_points_uphill(folders, make_trainer):
+    """One micro-step's LoRA gradient raises X-CLIP on the same prompts and noise when the LoRA
+    moves a small step along it: a first-order property, so it holds whatever the numerics,
+    and fails for a reward left under no_grad (no gradient) or a sign error (the reward falls)."""
+    import random
+
+    trainer = make_trainer("reward_fn=xclip", f"reward_fn.pretrained={folders['xclip']}")
+    trainer.setup()
+    prompts, seeds = ["a dog running on a beach", "a red car driving"], [11, 12]
+    loss, values, _ = trainer.forward_loss(prompts, seeds, random.Random(0))
+    loss.backward()
+    grads = [p.grad for p in trainer.params]
+    norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    assert norm > 0
+    with torch.no_grad():
+        for p, g in zip(trainer.params, grads):
+            p -= 1e-2 * g / norm  # a step of length 1e-2 down the loss
+        _, after, _ = trainer.forward_loss(prompts, seeds, random.Random(0))
+    # Measured: +0.00488 with one thread and with two (+0.00047 for a 1e-3 step, linear), and
+    # -0.00452 for the same step up the loss.
+    assert after.mean() - values.detach().mean() > 1e-3, (values, after)
