@@ -140,7 +140,7 @@ def test_default_job_improves_held_out_reward(tmp_path):
     # A margin, not a sign: held-out colorfulness before -> after for seeds 0-3 of this job
     # (python -m benchmarks.learning_margins --settings default_job --seeds 0 1 2 3, locked
     # versions, 2026-11-30): 0.3400 -> 0.4441, 0.4431, 0.4577, 0.4515 (gains +0.103 to +0.118),
-    # and DJ_NEW for seeds 0-1 with the newest versions (torch 2.15.0).
+    # and the same to four decimals for seeds 0-1 with the newest versions (torch 2.15.0).
     assert after > before + 0.05, (before, after)
     assert "(tuned)" in line, line  # the win-rate interval excludes a tie
     assert (tmp_path / "checkpoints" / "step_000040" / "pytorch_lora_weights.safetensors").is_file()
