@@ -14,7 +14,8 @@ from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vader.config import build_trainer, register_configs
+from vader.build import build_trainer
+from vader.config import register_configs
 
 register_configs()
 

@@ -109,7 +109,7 @@ class VideoUNetBackbone:
             r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
             target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
             # Dropout on the LoRA input acts only while the trainer's step runs (the frozen
-            # modules stay in eval mode; vader.evaluation.set_lora_dropout switches it).
+            # modules stay in eval mode; vader.evaluation.evaluate.set_lora_dropout switches it).
             lora_dropout=lora_dropout)
         try:
             inject_adapter_in_model(self.lora_config, self.unet)

@@ -9,7 +9,7 @@ resolution and the frames decoded.
 
 Every combination of the lists is one row.
 
-One step is what `vader.trainer.Trainer.train_step` does, without accelerate or the optimizer:
+One step is what `vader.loop.trainer.Trainer.train_step` does, without accelerate or the optimizer:
 sample N steps (the first N-K under no_grad, the last K with gradients), decode, score with
 Colorfulness, loss = -reward.mean(), backward. Each (N, K) runs in a fresh process with one
 warm-up step before the measured one, so neither allocator caches nor peaks leak between rows.
@@ -88,7 +88,7 @@ def measure_one(cfg: dict) -> dict:
     from backbones.tiny import tiny
     from rewards.colorfulness import Colorfulness
     from vader.frames import select_frames
-    from vader.sampler import cutoff_index, make_noise, sample
+    from vader.sampling.differentiable import cutoff_index, make_noise, sample
 
     device = torch.device(cfg["device"])
     n, k, ckpt = cfg["steps"], cfg["k"], not cfg["no_checkpointing"]

@@ -29,7 +29,7 @@ import torch
 from backbones.sizes import real_size_backbone
 from rewards.colorfulness import Colorfulness
 from vader.frames import select_frames
-from vader.sampler import cutoff_index, dead_steps, make_noise, sample
+from vader.sampling.differentiable import cutoff_index, dead_steps, make_noise, sample
 
 
 def one_step(backbone, reward, optimizer, args, seed: int) -> float:

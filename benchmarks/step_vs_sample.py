@@ -7,7 +7,7 @@ sampler and for diffusers' TextToVideoSDPipeline on the same components and sett
     python -m benchmarks.step_vs_sample --threads 1 --only train --repeats 30   # the step alone
 
 Three things are timed, each a whole video of `--frames` x `--height` x `--width`:
-  train      one optimizer step as `RewardTrainer.train_step` runs it: T-K steps without a graph,
+  train      one optimizer step as `Trainer.train_step` runs it: T-K steps without a graph,
              K with gradients (checkpointed), decode of the frames the reward scores, the reward,
              backward, gradient clipping, AdamW.
   ours       our sampler under no_grad, all T steps, plus decoding every frame.
@@ -44,7 +44,8 @@ TIMED = ("train", "ours", "diffusers")
 def build(args: argparse.Namespace):
     from hydra import compose, initialize_config_dir
 
-    from vader.config import CONF_DIR, build_trainer, register_configs
+    from vader.build import build_trainer
+    from vader.config import CONF_DIR, register_configs
 
     register_configs()
     overrides = [f"num_inference_steps={args.steps}", f"backprop_steps={args.k}",
@@ -74,7 +75,7 @@ def diffusers_pipeline(backbone):
 
 
 def timers(trainer, args):
-    from vader.sampler import make_noise, sample
+    from vader.sampling.differentiable import make_noise, sample
 
     backbone, cfg = trainer.backbone, trainer.cfg
     model = trainer.accelerator.unwrap_model(trainer.model)

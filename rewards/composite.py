@@ -23,7 +23,7 @@ import torch
 
 from rewards import check_frames
 from vader.frames import check_frames as check_frame_spec
-from vader.loss import reward_loss
+from vader.algorithms.losses import reward_loss
 from vader.protocols import info_numbers
 
 

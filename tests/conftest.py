@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from vader.config import build_trainer, register_configs
+from vader.build import build_trainer
+from vader.config import register_configs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -32,7 +33,7 @@ def compose_cfg(*overrides: str) -> DictConfig:
 
 @pytest.fixture
 def make_trainer(tmp_path):
-    """make_trainer(*overrides, run_dir=None) -> a RewardTrainer built like train.py builds it."""
+    """make_trainer(*overrides, run_dir=None) -> a Trainer built like train.py builds it."""
     def make(*overrides: str, run_dir: Path | None = None):
         import accelerate.utils
         cfg = compose_cfg(*overrides)

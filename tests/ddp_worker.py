@@ -11,7 +11,7 @@ import accelerate.utils
 from safetensors.torch import save_file
 
 from tests.conftest import compose_cfg
-from vader.config import build_trainer
+from vader.build import build_trainer
 
 
 def main(out: str, *overrides: str) -> None:
@@ -22,6 +22,9 @@ def main(out: str, *overrides: str) -> None:
     trainer.train()
     rank = trainer.accelerator.process_index
     save_file(trainer.backbone.lora_state_dict(), Path(out) / f"lora_rank{rank}.safetensors")
+    advantages = getattr(trainer.algorithm, "all_advantages", None)  # GRPO's, of its last step
+    if advantages is not None:
+        save_file({"advantages": advantages.cpu()}, Path(out) / f"advantages_rank{rank}.safetensors")
 
 
 if __name__ == "__main__":

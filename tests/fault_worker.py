@@ -13,8 +13,8 @@ import sys
 import accelerate.utils
 
 from tests.conftest import compose_cfg
-from vader import checkpoint
-from vader.config import build_trainer
+from vader.loop import checkpoint
+from vader.build import build_trainer
 
 
 def inject(spec: str) -> None:

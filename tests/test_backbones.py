@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from tests.conftest import backbone_overrides, compose_cfg
-from vader import checkpoint as ckpt
-from vader.config import build, check_targets
+from vader.loop import checkpoint as ckpt
+from vader.build import build
+from vader.config import check_targets
 from vader.protocols import Backbone
-from vader.sampler import cutoff_index, dead_steps, make_noise, sample
+from vader.sampling.differentiable import cutoff_index, dead_steps, make_noise, sample
 
 BACKBONES = ("tiny", "modelscope", "animatediff", "animatediff_lightning")
 PROMPTS = ["a red car", "a cat on a boat"]
@@ -122,7 +123,7 @@ def test_wrong_rank_is_refused_with_the_reason(backbone, tiny_folders):
 
 
 def test_lora_dropout_acts_in_training_steps_only(make_trainer):
-    from vader.evaluation import set_lora_dropout
+    from vader.evaluation.evaluate import set_lora_dropout
     trainer = make_trainer("lora_dropout=0.5")
     unet = trainer.backbone.trainable_module()
     assert trainer.backbone.lora_config.lora_dropout == 0.5

@@ -13,7 +13,7 @@ from rewards.colorfulness import Colorfulness
 from rewards.common import aggregate
 from rewards.composite import Composite
 from rewards.contrast import Contrast
-from vader.loss import reward_loss
+from vader.algorithms.losses import reward_loss
 
 PROMPTS = ["a", "b"]
 
@@ -60,9 +60,9 @@ def test_training_step_frames_come_from_seed_and_step(make_trainer):
     # the same micro-step generator must give the same loss however often it is replayed.
     trainer = make_trainer("reward_fn=composite", "reward_fn.parts.colorfulness.reward.frames=random")
     trainer.setup()
-    prompts, seeds = trainer.batch(0, 0)
+    prompts, seeds = trainer.algorithm.batch(0, 0)
     with torch.no_grad():
-        losses = {trainer.forward_loss(prompts, seeds, random.Random("0-0-0"))[0].item()
+        losses = {trainer.algorithm.forward_loss(prompts, seeds, random.Random("0-0-0"))[0].item()
                   for _ in range(6)}
     assert len(losses) == 1
 

@@ -37,7 +37,7 @@ def test_unknown_key_inside_a_group_names_it():
 
 def test_missing_required_argument_is_named():
     with pytest.raises(ValueError, match=r"prompt_fn\.path.*required"):
-        check_targets(OmegaConf.create({"prompt_fn": {"_target_": "vader.prompts.text_file"}}))
+        check_targets(OmegaConf.create({"prompt_fn": {"_target_": "vader.data.prompts.text_file"}}))
 
 
 # Experiments and backbone_defaults are overlays of top-level keys, without a _target_;

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vader.eval_stats import (diversity, finite_or_none, motion, paired_comparison,
+from vader.evaluation.stats import (diversity, finite_or_none, motion, paired_comparison,
                               pixel_embedding, summarise, wilson_interval)
 
 

@@ -16,7 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from tests.conftest import ROOT, TINY
 from tests.conftest import severe
 from tests.test_gallery import local_files, parse
-from vader import evaluation
+from vader.evaluation import evaluate as evaluation
 
 PAIRED = ["num_val_seeds=2", "eval_rewards=[brightness,contrast]"]
 
@@ -224,8 +224,8 @@ def test_clip_embedding_for_diversity(make_trainer, tmp_path):
     """eval_embedding=<CLIP folder>: mean normalised frame embedding; identical videos, zero
     diversity; the run's summary uses it."""
     from tests import tiny_clip
-    from vader.config import make_embedder
-    from vader.eval_stats import diversity
+    from vader.build import make_embedder
+    from vader.evaluation.stats import diversity
 
     folder = tiny_clip.write_clip(tmp_path / "clip")
     embed = make_embedder(str(folder))

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from backbones.sizes import CONFIGS
 from tests.conftest import CONF, TINY, backbone_overrides
-from vader.config import build_trainer, check_targets
+from vader.build import build_trainer
+from vader.config import check_targets
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 VADER = json.loads((CONFIGS / "vader_recipes.json").read_text())

@@ -1,9 +1,9 @@
-"""vader.files: a file is replaced whole or not at all."""
+"""vader.io.files: a file is replaced whole or not at all."""
 from __future__ import annotations
 
 import pytest
 
-from vader.files import atomic_write, atomic_write_text
+from vader.io.files import atomic_write, atomic_write_text
 
 
 def test_a_failed_write_keeps_the_old_file_and_no_temporary(tmp_path):

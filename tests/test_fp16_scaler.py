@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.test_reliability import RUN, poison
-from vader import checkpoint as ckpt
+from vader.loop import checkpoint as ckpt
 
 
 def fp16_on_cpu(trainer, monkeypatch, init_scale: float) -> torch.amp.GradScaler:

@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import ROOT
 from tests.test_reliability import RUN
-from vader import checkpoint as ckpt
+from vader.loop import checkpoint as ckpt
 
 
 def mount_tmpfs(folder, size: str):

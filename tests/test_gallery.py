@@ -1,4 +1,4 @@
-"""vader.gallery: every link of index.html resolves, prompts are escaped, a missing video fails
+"""vader.evaluation.gallery: every link of index.html resolves, prompts are escaped, a missing video fails
 loudly, the plot is drawn, and headless Chromium shows the page with no console errors.
 
 The Chromium tests use Debian's chromium and chromium-driver (`.ci/run` installs them) so that
@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from tests.conftest import CHROMEDRIVER, require_chromium, severe
-from vader.gallery import plot_base_vs_tuned, write_gallery
-from vader.video import save_video
+from vader.evaluation.gallery import plot_base_vs_tuned, write_gallery
+from vader.io.video import save_video
 
 PROMPTS = ["a red fox running through snow", 'a <b>bold</b> & "quoted" <script>x</script> prompt',
            "ocean waves at sunset"]

@@ -13,8 +13,8 @@ import torch
 from backbones.tiny import tiny
 from rewards.common import resize_crop_normalize
 from tests.conftest import ROOT
-from vader.sampler import make_noise, sample
-from vader.seeds import ETA, generator_seed
+from vader.sampling.differentiable import make_noise, sample
+from vader.sampling.seeds import ETA, generator_seed
 
 
 def count_reads(monkeypatch) -> collections.Counter:
@@ -100,7 +100,7 @@ def test_normalisation_constants_are_built_once(monkeypatch):
 
 def test_eta_noise_on_a_cpu_is_the_cpu_generators():
     """DDIM with eta > 0: the per-step noise is drawn on the latents' device; on a CPU those are
-    the numbers a CPU generator per video and step gives (vader.seeds: purpose ETA), as before."""
+    the numbers a CPU generator per video and step gives (vader.sampling.seeds: purpose ETA), as before."""
     from diffusers import DDIMScheduler
 
     torch.manual_seed(0)

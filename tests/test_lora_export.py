@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from tests.conftest import ROOT, TINY, backbone_overrides
 from tests.test_backbones import PROMPTS, build_backbone
 from tests.test_parity import FRAMES, SIZE, reference_pipeline
-from vader import checkpoint as ckpt
-from vader.sampler import make_noise, sample
+from vader.loop import checkpoint as ckpt
+from vader.sampling.differentiable import make_noise, sample
 
 STEPS = 3
 CASES = {"modelscope": ("dpmsolver", 7.5), "animatediff": ("ddim", 7.5),

@@ -13,7 +13,7 @@ from backbones.animatediff_lightning import LIGHTNING_SCHEDULER, load_adapter, l
 from backbones.loading import Source
 from tests.test_backbones import PROMPTS, build_backbone
 from tests.tiny_models import ADAPTER_CONFIG
-from vader.sampler import make_noise, sample
+from vader.sampling.differentiable import make_noise, sample
 
 SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler,
               "euler": EulerDiscreteScheduler}

@@ -1,4 +1,4 @@
-"""Tests for vader/prompts.py and the YAMLs in conf/prompt_fn/ that build it."""
+"""Tests for vader/data/prompts.py and the YAMLs in conf/prompt_fn/ that build it."""
 from __future__ import annotations
 
 import inspect
@@ -9,8 +9,8 @@ import pytest
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
-from vader import prompts
-from vader.prompts import PromptSource, builtin, nouns_activities, table, text_file
+from vader.data import prompts
+from vader.data.prompts import PromptSource, builtin, nouns_activities, table, text_file
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "prompt_fn"
 
@@ -265,7 +265,7 @@ def test_every_factory_has_a_yaml():
 @pytest.mark.parametrize("yaml_path", YAMLS, ids=lambda p: p.stem)
 def test_yaml_instantiates(yaml_path, required_files):
     cfg = OmegaConf.load(yaml_path)
-    assert cfg._target_ == f"vader.prompts.{yaml_path.stem}"
+    assert cfg._target_ == f"vader.data.prompts.{yaml_path.stem}"
     for key in cfg:
         if OmegaConf.is_missing(cfg, key):
             assert (yaml_path.stem, key) in required_files, f"no test file for {yaml_path.name}:{key}"

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import ROOT, TINY
-from vader import checkpoint as ckpt
-from vader.guards import Interrupted
-from vader.tracking import MetricsLog
+from vader.loop import checkpoint as ckpt
+from vader.loop.guards import Interrupted
+from vader.loop.tracking import MetricsLog
 
 RUN = ["num_steps=6", "checkpoint_every=1", "keep_checkpoints=2"]
 
@@ -124,7 +124,8 @@ def test_stop_signal_saves_a_checkpoint_and_exits_non_zero(tmp_path, signum):
 
 
 def poison(trainer, bad_steps):
-    """Make the reward NaN while training steps in `bad_steps` (0-based) run."""
+    """Make the reward NaN while training steps in `bad_steps` (0-based) run. Call after setup:
+    the algorithm scores with the reward it was set up with."""
     real = trainer.reward
 
     class Poisoned:
@@ -136,7 +137,7 @@ def poison(trainer, bad_steps):
                 values = values * float("nan")
             return values, info
 
-    trainer.reward = Poisoned()
+    trainer.reward = trainer.algorithm.run.reward = Poisoned()
 
 
 def test_a_nan_reward_is_skipped_and_counted(make_trainer, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from backbones.tiny import tiny
 from rewards.colorfulness import Colorfulness
-from vader.sampler import cutoff_index, dead_steps, make_noise, sample
+from vader.sampling.differentiable import cutoff_index, dead_steps, make_noise, sample
 
 STEPS, GUIDANCE = 3, 3.0
 PROMPTS = ["a dog running on the beach", "a red car"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from backbones.tiny import tiny
-from vader.sampler import cutoff_index, dead_steps, make_noise, sample
+from vader.sampling.differentiable import cutoff_index, dead_steps, make_noise, sample
 
 STEPS = 4
 VIDEO = (2, 8, 8)  # frames, height, width: small, the sampler is what is tested

@@ -89,7 +89,7 @@ def test_training_decodes_only_the_scored_frames(name, folders, make_trainer, mo
         hook = t.backbone.vae.decoder.register_forward_pre_hook(
             lambda module, args: decoded.append(args[0].shape[0]))
         try:
-            loss, _, _ = t.forward_loss(prompts, seeds, random.Random(0))
+            loss, _, _ = t.algorithm.forward_loss(prompts, seeds, random.Random(0))
         finally:
             hook.remove()  # before backward, whose checkpoint recomputation decodes again
         return loss.detach(), torch.autograd.grad(loss, t.params), sum(decoded)

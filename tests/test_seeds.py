@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vader import seeds as seeds_module
-from vader.seeds import generator_seed
+from vader.sampling import seeds as seeds_module
+from vader.sampling.seeds import generator_seed
 
 
 class Recorder:
@@ -47,7 +47,7 @@ def test_noise_seed_sets_are_disjoint(make_trainer, monkeypatch, tmp_path):
     assert len(set(evaluation)) == 2 * (1 + steps) and not set(evaluation) & set(train_step)
     # Far into training (videos 0..2999, past val_seed + 1000 and 1000 x a video number), the
     # initial noise still differs from every evaluation and eta seed above.
-    future = {s for step in range(1500) for s in trainer.batch(step, 0)[1]}
+    future = {s for step in range(1500) for s in trainer.algorithm.batch(step, 0)[1]}
     eta = set(train_step[videos:]) | set(evaluation)
     assert not future & eta
 

@@ -1,5 +1,5 @@
 """Every speed/memory switch of a training step keeps the gradients: the LoRA gradients of one
-training micro-step (`RewardTrainer.forward_loss`: seeded noise, the sampler with only the last
+training micro-step (`RewardGradient.forward_loss`: seeded noise, the sampler with only the last
 step keeping gradients, decode, colorfulness, loss) with the switch off and on, from the same
 weights and noise, on the tiny backbone. Each test also checks that the switch really changed the
 computation, so that a switch the code ignores cannot pass. `gradient_checkpointing` of the
@@ -13,16 +13,16 @@ import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-import vader.sampler
+import vader.sampling.differentiable
 from tests.conftest import compose_cfg
-from vader.config import build_trainer
+from vader.build import build_trainer
 
 PROMPTS, SEEDS = ["a red car", "a dog on the beach"], [3, 4]
 
 
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory):
-    """trainer(*overrides) -> a set-up RewardTrainer from the real config, one per overrides."""
+    """trainer(*overrides) -> a set-up Trainer from the real config, one per overrides."""
     import accelerate.utils
 
     built = {}
@@ -47,7 +47,7 @@ def trainer(tmp_path_factory):
 def lora_grads(trainer, seeds=SEEDS, autocast: bool = False) -> list[torch.Tensor]:
     """Gradients of one micro-step's loss; `autocast` as accelerate's bf16 autocast on a CPU."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        loss, _, _ = trainer.forward_loss(PROMPTS, list(seeds), random.Random(0))
+        loss, _, _ = trainer.algorithm.forward_loss(PROMPTS, list(seeds), random.Random(0))
     grads = torch.autograd.grad(loss, trainer.params)
     assert all(g.abs().max() > 0 for g in grads)  # every LoRA tensor takes part in the comparison
     return grads
@@ -196,7 +196,7 @@ def test_compile_no_grad_steps(trainer, monkeypatch):
     got = lora_grads(t)
     # (No forward hook counts calls here: adding one changes what dynamo guards, so it recompiles.)
     assert counters["stats"]["unique_graphs"] > graphs  # it compiled
-    assert vader.sampler._compiled["model"] is t.backbone.unet
+    assert vader.sampling.differentiable._compiled["model"] is t.backbone.unet
     assert_same(got, expected)  # measured: at most 1.3e-5 of a tensor's largest entry
     # A training step updates LoRA in place; the compiled graph takes the weights as inputs, so
     # neither that nor the next step compiles again.
@@ -215,7 +215,7 @@ def test_a_failed_compile_says_what_to_do(trainer, monkeypatch):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=no_compiler))
-    monkeypatch.setattr(vader.sampler, "_compiled", {})
+    monkeypatch.setattr(vader.sampling.differentiable, "_compiled", {})
     t = trainer()
     monkeypatch.setattr(t.cfg, "compile_no_grad_steps", True)
     with pytest.raises(RuntimeError, match=r"compile_no_grad_steps=false.*") as err:

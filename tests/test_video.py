@@ -1,4 +1,4 @@
-"""vader.video: files read back with the right frames and size, bad suffix, no temp files left."""
+"""vader.io.video: files read back with the right frames and size, bad suffix, no temp files left."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vader.video import save_video, save_video_grid
+from vader.io.video import save_video, save_video_grid
 
 T, H, W = 8, 32, 32
 
@@ -71,20 +71,20 @@ def test_bad_suffix_raises(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import vader.video
+    import vader.io.video
 
     def crash(array, path, fps):
         Path(path).write_bytes(b"half a video")
         raise RuntimeError("disk full")
 
-    monkeypatch.setitem(vader.video._WRITERS, ".mp4", crash)
+    monkeypatch.setitem(vader.io.video._WRITERS, ".mp4", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         save_video(torch.rand(T, 3, H, W), tmp_path / "clip.mp4")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
-    import vader.video
+    import vader.io.video
 
     path = save_video(torch.rand(T, 3, H, W), tmp_path / "clip.gif")
     before = path.read_bytes()
@@ -92,7 +92,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     def crash(array, path, fps):
         raise RuntimeError("killed")
 
-    monkeypatch.setitem(vader.video._WRITERS, ".gif", crash)
+    monkeypatch.setitem(vader.io.video._WRITERS, ".gif", crash)
     with pytest.raises(RuntimeError):
         save_video(torch.rand(T, 3, H, W), path)
     assert path.read_bytes() == before

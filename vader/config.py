@@ -28,6 +28,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
+    algorithm: Any = MISSING
     backbone: Any = MISSING
     reward_fn: Any = MISSING
     prompt_fn: Any = MISSING
@@ -126,27 +127,6 @@ def check_targets(cfg: DictConfig | ListConfig, path: str = "") -> None:
             check_targets(node, f"{path}.{key}" if path else str(key))
 
 
-def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None):
-    """Check `cfg` completely, then build the objects it names into a RewardTrainer. Every check
-    that needs no model runs before anything is built or written. `reward_name` is the
-    reward_fn option chosen (train.py passes Hydra's choice); by default the reward's module."""
-    from vader.trainer import RewardTrainer, check_settings
-
-    check_targets(cfg)
-    eval_cfgs = eval_reward_configs(list(cfg.eval_rewards), cfg.eval_reward_args)
-    settings = OmegaConf.to_object(cfg)
-    check_settings(settings)
-    prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
-    # The backbone checks that every model part can be had before loading any of them, and
-    # comes before the reward so a wrong path fails before any reward model loads.
-    backbone = build(cfg.backbone)
-    reward_name = reward_name or cfg.reward_fn._target_.split(".")[-2]
-    eval_rewards = {name: build(node) for name, node in eval_cfgs.items() if name != reward_name}
-    return RewardTrainer(settings, backbone, build(cfg.reward_fn), prompts, run_dir,
-                         reward_name=reward_name, eval_rewards=eval_rewards,
-                         embed=make_embedder(settings.eval_embedding))
-
-
 def eval_reward_configs(names: list[str], args: DictConfig | dict) -> dict[str, DictConfig]:
     """The reward_fn options named by `eval_rewards`, composed from conf/reward_fn/ exactly as
     `reward_fn=<name>` would be, with `eval_reward_args.<name>` merged in; checked, not built."""
@@ -175,28 +155,3 @@ def eval_reward_configs(names: list[str], args: DictConfig | dict) -> dict[str, 
         return {name: one(name) for name in names}
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return {name: one(name) for name in names}
-
-
-def make_embedder(name: str):
-    """The video embedding diversity is measured in: `pixels` (weight-free) or a CLIP model's
-    hub id or folder (mean of its normalised frame embeddings)."""
-    from vader.eval_stats import pixel_embedding
-
-    if name == "pixels":
-        return pixel_embedding
-    from rewards.clip_hf import video_embedder
-    return video_embedder(name)
-
-
-def build(node: DictConfig) -> Any:
-    """hydra.utils.instantiate, but our own errors (which say what to do) reach the user as they
-    are instead of wrapped in Hydra's InstantiationException."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node)
-    except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError)):
-            raise err.__cause__ from None
-        raise

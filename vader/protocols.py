@@ -1,11 +1,14 @@
-"""The two interfaces everything else is written against.
+"""The three interfaces everything else is written against.
 
 A backbone is whatever turns prompts and noise into video latents and latents into frames; a
-reward scores frames. The sampler and trainers only ever see these operations, never a `unet`
-or a `vae`, so ModelScope, AnimateDiff and later DiT models plug in behind the same code.
+reward scores frames; an algorithm turns a training step into losses. The samplers and the
+training loop only ever see these operations, never a `unet` or a `vae`, so ModelScope,
+AnimateDiff and later DiT models plug in behind the same code, and the loop never sees how an
+algorithm makes its losses.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -92,3 +95,74 @@ def info_numbers(info: dict[str, Any]) -> dict[str, Any]:
     """The entries of a reward's info that are logged: numbers and one-element tensors."""
     return {k: v for k, v in info.items()
             if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
+
+
+@dataclass
+class Run:
+    """What the training loop hands an algorithm once the models are on their device: the run's
+    settings (`vader.config.TrainConfig`), the built objects, and `model`, the trainable module
+    as accelerate wrapped it (DDP under several processes: call it, not the bare module, so
+    gradients are averaged across processes)."""
+
+    cfg: Any
+    backbone: Backbone
+    reward: Reward
+    train_prompts: list[str]
+    accelerator: Any
+    model: nn.Module
+
+
+@dataclass
+class ItemLoss:
+    """One micro-batch's result. `loss` is what is backpropagated, already scaled so that the
+    gradients summed over a step's micro-batches and averaged over processes are the
+    algorithm's objective. `numbers` (detached one-element tensors) are logged as their
+    `weight`-weighted mean over micro-batches and processes; every micro-batch of an algorithm
+    returns the same keys, and a micro-batch that only keeps a process in step with the others
+    (it has nothing of its own to train) returns weight 0."""
+
+    loss: torch.Tensor
+    numbers: dict[str, torch.Tensor] = field(default_factory=dict)
+    weight: float = 1.0
+
+
+@dataclass
+class Plan:
+    """A training step as an algorithm lays it out: `updates` is a list of optimizer updates,
+    each a list of micro-batches (anything the algorithm's `loss` takes; the loop never looks
+    inside), and `numbers` what the algorithm measured while preparing them (rollout rewards,
+    seconds), already the same on every process."""
+
+    updates: list[list[Any]]
+    numbers: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """How a training step makes its losses. The loop (vader.loop.trainer) owns everything
+    else: the optimizer, accumulation, clipping, skipping non-finite updates, checkpoints and
+    resume, stop signals, evaluation and logging; an algorithm only sees `Run`.
+
+    `progress`: logged numbers the progress bar shows. Every random choice in `plan(step)`
+    derives from the seed and `step`, so a resumed run repeats exactly what an uninterrupted one
+    would do."""
+
+    progress: tuple[str, ...]
+
+    def check(self, cfg: Any, num_processes: int) -> None:
+        """Raise ValueError naming the key, for settings this algorithm cannot run; called before
+        any model is built."""
+
+    def check_models(self, backbone: Backbone, reward: Reward) -> None:
+        """Raise ValueError saying what to do if this algorithm cannot train this backbone on
+        this reward (a reward without gradients, say); called once they are built, before they
+        are moved to their device."""
+
+    def setup(self, run: Run) -> None:
+        """Keep the built objects; the models are on their device and the LoRA is loaded."""
+
+    def plan(self, step: int) -> Plan:
+        """Lay out training step `step` (counted from 0)."""
+
+    def loss(self, item: Any) -> ItemLoss:
+        """The loss of one micro-batch; autocast is the loop's."""

@@ -75,7 +75,8 @@ def prompt_for(path: Path, table: dict[str, str], default: str | None) -> str:
 def build_reward(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from vader.config import build, check_targets, register_configs
+    from vader.build import build
+    from vader.config import check_targets, register_configs
     register_configs()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from vader.files import atomic_write_text
+from vader.io.files import atomic_write_text
 
 MARKERS = ("metrics.jsonl", "overrides.yaml", "eval/summary.json")
 TRAINING_COLUMNS = ("steps", "final_train_reward", "final_val_reward")

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vader.files import atomic_write, atomic_write_text
+from vader.io.files import atomic_write, atomic_write_text
 
 LOGGERS = ("none", "tensorboard", "wandb")
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
-from vader.files import atomic_write
+from vader.io.files import atomic_write
 
 SUPPORTED_SUFFIXES = (".mp4", ".gif")
 MACRO_BLOCK = 16  # H.264 codes 16x16 blocks; some players reject other sizes

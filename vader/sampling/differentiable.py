@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from vader.protocols import Backbone
-from vader.seeds import ETA, generator_seed
+from vader.sampling.seeds import ETA, generator_seed
 
 BACKPROP_MODES = ("last", "rand", "specific")
 
@@ -129,6 +129,30 @@ def compile_error(err: Exception) -> RuntimeError:
         "compiler (gcc or clang)")
 
 
+def conditioning(backbone: Backbone, prompts: list[str], guidance_scale: float) -> torch.Tensor:
+    """The text conditioning `guided_prediction` takes: with guidance, the empty prompt's for
+    every video, then the prompts' (`cond.chunk(2)` splits them)."""
+    cond = backbone.encode_prompts(list(prompts))
+    if guidance_scale > 1.0:
+        cond = torch.cat([backbone.encode_prompts([""] * len(prompts)), cond])
+    return cond
+
+
+def guided_prediction(backbone: Backbone, net: nn.Module, x_in: torch.Tensor, t: torch.Tensor,
+                      cond: torch.Tensor, guidance_scale: float, batch_cfg: bool = True) -> torch.Tensor:
+    """The network's prediction for `x_in` (already scaled by the scheduler) with classifier-free
+    guidance, one network call on a doubled batch (`batch_cfg`) or two. `t` is one timestep or
+    one per video (the stochastic sampler's update trains each video at its own step)."""
+    if guidance_scale <= 1.0:
+        return backbone.predict(net, x_in, t, cond)
+    if batch_cfg:
+        t2 = torch.cat([t, t]) if t.ndim else t
+        uncond, text = backbone.predict(net, torch.cat([x_in, x_in]), t2, cond).chunk(2)
+    else:
+        uncond, text = (backbone.predict(net, x_in, t, c) for c in cond.chunk(2))
+    return uncond + guidance_scale * (text - uncond)
+
+
 def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torch.Tensor, *,
            num_inference_steps: int, guidance_scale: float = 7.5, cutoff: int | None = None,
            eta: float = 0.0, step_seeds: list[int] | None = None,
@@ -148,10 +172,7 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     # `step` indexes its CPU alphas with the timestep and compares it with 0, which with a GPU
     # timestep makes the host wait for the GPU at every step. Same values either way.
     scheduler.set_timesteps(num_inference_steps)
-    guided = guidance_scale > 1.0
-    cond = backbone.encode_prompts(list(prompts))
-    if guided:
-        cond = torch.cat([backbone.encode_prompts([""] * len(prompts)), cond])
+    cond = conditioning(backbone, prompts, guidance_scale)
     cutoff = num_inference_steps if cutoff is None else cutoff
     latents = noise * scheduler.init_noise_sigma
 
@@ -163,14 +184,7 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     compile_errors = _dynamo_errors() if compile_no_grad_steps else ()
 
     def eps(x_in: torch.Tensor, t: torch.Tensor, net: nn.Module) -> torch.Tensor:
-        """The guided noise prediction for `x_in`, already scaled by the scheduler."""
-        if not guided:
-            return backbone.predict(net, x_in, t, cond)
-        if batch_cfg:
-            uncond, text = backbone.predict(net, torch.cat([x_in, x_in]), t, cond).chunk(2)
-        else:
-            uncond, text = (backbone.predict(net, x_in, t, c) for c in cond.chunk(2))
-        return uncond + guidance_scale * (text - uncond)
+        return guided_prediction(backbone, net, x_in, t, cond, guidance_scale, batch_cfg)
 
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff

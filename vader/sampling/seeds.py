@@ -13,6 +13,7 @@ import hashlib
 TRAIN = "train"  # initial noise of training video `index` of the run seeded `seed`
 EVAL = "eval"  # initial noise of the evaluation seed `seed` (index 0), for base and tuned alike
 ETA = "eta"  # DDIM eta noise of denoising step `index` of the video whose noise seed is `seed`
+STEPS = "steps"  # which denoising steps GRPO trains, for training video `index` (+ ":<epoch>")
 
 
 def generator_seed(purpose: str, seed: int, index: int = 0) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from vader.files import atomic_write, atomic_write_text
+from vader.io.files import atomic_write, atomic_write_text
 
 MOTION = "motion"
 VIDEO_WIDTH = 256  # display width (CSS px) of tiny videos; larger ones show at native size, up to

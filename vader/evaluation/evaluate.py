@@ -26,13 +26,13 @@ from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
-from vader import eval_stats
-from vader.files import atomic_write_text
+from vader.evaluation import stats as eval_stats
+from vader.io.files import atomic_write_text
 from vader.frames import score, select_frames
 from vader.protocols import Backbone, Reward
-from vader.sampler import make_noise, sample
-from vader.seeds import EVAL, generator_seed
-from vader.video import save_video
+from vader.sampling.differentiable import make_noise, sample
+from vader.sampling.seeds import EVAL, generator_seed
+from vader.io.video import save_video
 
 MODELS = ("base", "tuned")
 Embedder = Callable[[torch.Tensor], torch.Tensor]  # (B, T, C, H, W) in [0, 1] -> (B, D)
@@ -62,20 +62,22 @@ def slug(text: str) -> str:
 
 @contextmanager
 def lora_disabled(module: nn.Module) -> Iterator[None]:
-    """Run `module` as its base model: every peft LoRA layer in it switched off, then back on.
-    A LoRA whose up-projection is zero gives bitwise the same outputs either way."""
+    """Run `module` as its base model: every peft LoRA layer in it switched off, then back to
+    what it was (so the contexts nest). A LoRA whose up-projection is zero gives bitwise the
+    same outputs either way."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
     if not layers:
         raise ValueError(f"{type(module).__name__} has no peft LoRA layers to disable")
+    was_off = [layer.disable_adapters for layer in layers]
     for layer in layers:
         layer.enable_adapters(False)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        for layer, off in zip(layers, was_off):
+            layer.enable_adapters(not off)
 
 
 def set_lora_dropout(module: nn.Module, active: bool) -> None:
@@ -203,7 +205,7 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
     atomic_write_text(out_dir / "summary.json",
                 json.dumps(eval_stats.finite_or_none(summary), indent=2) + "\n")
     if gallery:
-        from vader.gallery import plot_base_vs_tuned, write_gallery
+        from vader.evaluation.gallery import plot_base_vs_tuned, write_gallery
 
         plots = []
         if plot_base_vs_tuned(rows, summary, out_dir / "plots" / "base_vs_tuned.png"):

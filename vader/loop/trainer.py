@@ -1,16 +1,13 @@
-"""Reward-gradient fine-tuning (VADER): sample with the differentiable sampler, decode the frames
-the reward asks for, score them, and backpropagate into the LoRA weights through the last steps.
-
-Everything random in a step (prompt order, noise, cutoff, frame choice) is derived from the seed
-and the step number, so a resumed run continues exactly where an uninterrupted one would be, and
-N processes on a global batch match one process on the same batch.
+"""The training loop, written once for every algorithm: optimizer updates with accumulation,
+clipping and skipped non-finite updates, checkpoints and exact resume, stop signals, the
+evaluation schedule, logging, and several processes. What a step computes is the algorithm's
+(`vader.protocols.Algorithm`, one module per algorithm in `vader/algorithms/`): the loop asks it
+to `plan` a step, and for the `loss` of each micro-batch, and never looks inside either.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
-import random
 import signal
 import sys
 import time
@@ -20,28 +17,25 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from vader import checkpoint as ckpt
 from vader.config import TrainConfig
-from vader.eval_stats import pixel_embedding
-from vader.evaluation import Embedder, VideoSpec, evaluate, headline, set_lora_dropout
-from vader.frames import check_frames, frames_to_decode, score
-from vader.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
-from vader.loss import reward_loss
-from vader.prompts import PromptSource
-from vader.protocols import Backbone, Reward, info_numbers
-from vader.sampler import check_backprop, cutoff_index, dead_steps, make_noise, sample
-from vader.seeds import TRAIN, generator_seed
-from vader.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
-from vader.video import SUPPORTED_SUFFIXES
+from vader.data.prompts import PromptSource
+from vader.evaluation.evaluate import Embedder, VideoSpec, evaluate, headline, set_lora_dropout
+from vader.evaluation.stats import pixel_embedding
+from vader.frames import check_frames
+from vader.io.video import SUPPORTED_SUFFIXES
+from vader.loop import checkpoint as ckpt
+from vader.loop.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
+from vader.loop.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
+from vader.protocols import Algorithm, Backbone, Reward, Run
 
 
 def check_settings(cfg: TrainConfig) -> None:
-    """Everything about the numbers that can be checked before a model is built."""
-    check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps, cfg.backprop_step)
+    """Everything about the shared numbers that can be checked before a model is built (each
+    algorithm checks its own keys in `Algorithm.check`)."""
     check_logger(cfg.logger)
     positive = ("num_steps", "train_batch_size", "gradient_accumulation_steps", "val_batch_size",
                 "num_val_seeds", "num_frames", "height", "width", "fps", "val_every",
-                "checkpoint_every", "max_nonfinite_in_a_row")
+                "checkpoint_every", "max_nonfinite_in_a_row", "num_inference_steps")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
@@ -62,29 +56,28 @@ def check_settings(cfg: TrainConfig) -> None:
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     # cpu=True when there is no GPU lets `accelerate launch --multi_gpu` run gloo processes on a
-    # CPU, which is how the distributed tests run.
+    # CPU, which is how the distributed tests run. Accumulation is the loop's own (an algorithm
+    # says how many micro-batches an update has), so accelerate's counter stays at 1.
     return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                        **tracker_kwargs(cfg.logger, run_dir))
 
 
-class RewardTrainer:
+class Trainer:
     """setup -> train -> (evaluate, save_checkpoint). Built objects in, files in `run_dir` out."""
 
-    def __init__(self, cfg: TrainConfig, backbone: Backbone, reward: Reward, prompts: PromptSource,
-                 run_dir: Path | str, accelerator: Accelerator | None = None,
+    def __init__(self, cfg: TrainConfig, algorithm: Algorithm, backbone: Backbone, reward: Reward,
+                 prompts: PromptSource, run_dir: Path | str, accelerator: Accelerator | None = None,
                  reward_name: str = "reward", eval_rewards: dict[str, Reward] | None = None,
                  embed: Embedder = pixel_embedding):
         check_settings(cfg)
+        self.accelerator = accelerator or make_accelerator(cfg, Path(run_dir))
         backbone.check_video(cfg.num_frames, cfg.height, cfg.width)
         check_frames(reward.frames, cfg.num_frames)
-        if not reward.differentiable and not cfg.only_val:
-            raise ValueError(f"reward {type(reward).__name__} is not differentiable, so reward-"
-                             "gradient training cannot use it; evaluate with only_val=True")
-        if hasattr(reward, "loss") and (cfg.loss.target is not None or cfg.loss.grad_scale != 1):
-            raise ValueError(f"{type(reward).__name__} shapes its own loss per part; set target and "
-                             "grad_scale in reward_fn.parts.<name> instead of loss.target/loss.grad_scale")
-        self.cfg, self.backbone, self.reward, self.prompts = cfg, backbone, reward, prompts
+        if not cfg.only_val:
+            algorithm.check(cfg, self.accelerator.num_processes)
+            algorithm.check_models(backbone, reward)
+        self.cfg, self.algorithm, self.backbone, self.reward, self.prompts = \
+            cfg, algorithm, backbone, reward, prompts
         # The training reward first: evaluation reports it, then the others (generalisation).
         self.rewards = {reward_name: reward, **{k: v for k, v in (eval_rewards or {}).items()
                                                  if k != reward_name}}
@@ -99,15 +92,7 @@ class RewardTrainer:
         if cfg.eta > 0 and "eta" not in inspect.signature(scheduler.step).parameters:
             raise ValueError(f"eta={cfg.eta} needs a DDIM scheduler; {type(scheduler).__name__} "
                              "has no eta. Set eta=0 or backbone.scheduler=ddim")
-        self.dead_steps = dead_steps(backbone.make_scheduler, cfg.num_inference_steps)
-        if (cfg.backprop_mode == "specific" and not cfg.only_val
-                and set(range(cfg.backprop_step, cfg.num_inference_steps)) <= self.dead_steps):
-            raise ValueError(
-                f"backprop_step={cfg.backprop_step}: from there on no step of this schedule "
-                f"depends on the model output (steps {sorted(self.dead_steps)} end at t=0), so "
-                "LoRA would get no gradient; choose an earlier backprop_step")
         self.run_dir = Path(run_dir)
-        self.accelerator = accelerator or make_accelerator(cfg, self.run_dir)
         self.is_main = self.accelerator.is_main_process
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
         self.spec = VideoSpec(cfg.num_frames, cfg.height, cfg.width, cfg.num_inference_steps,
@@ -130,9 +115,12 @@ class RewardTrainer:
         warmup = max(cfg.lr_warmup_steps, 0)
         self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-        # The sampler calls the module accelerate returns (DDP when several processes run), so
+        # Algorithms call the module accelerate returns (DDP when several processes run), so
         # gradients are averaged across processes; calling the bare module would train N LoRAs.
         self.model, self.optimizer = acc.prepare(module, self.optimizer)
+        if not cfg.only_val:
+            self.algorithm.setup(Run(cfg, self.backbone, self.reward, list(self.prompts.train),
+                                     acc, self.model))
         mode = ckpt.resume_mode(cfg.resume)
         if mode == "path":
             folder = ckpt.resolve_lora_path(cfg.resume).parent
@@ -165,114 +153,72 @@ class RewardTrainer:
         self.last_checkpoint = folder
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
 
-    # --- data: a pure function of (seed, step, micro-step, rank) ---------------------------
-    def batch(self, step: int, micro: int) -> tuple[list[str], list[int]]:
-        cfg, acc = self.cfg, self.accelerator
-        per_micro = cfg.train_batch_size * acc.num_processes
-        first = (step * cfg.gradient_accumulation_steps + micro) * per_micro
-        first += acc.process_index * cfg.train_batch_size
-        train = self.prompts.train
-        prompts, seeds = [], []
-        for g in range(first, first + cfg.train_batch_size):
-            epoch, pos = divmod(g, len(train))
-            prompts.append(train[self._epoch_order(epoch)[pos]])
-            seeds.append(generator_seed(TRAIN, cfg.seed, g))
-        return prompts, seeds
-
-    @functools.lru_cache(maxsize=2)  # noqa: B019 - one trainer per process; two epochs in play
-    def _epoch_order(self, epoch: int) -> list[int]:
-        order = list(range(len(self.prompts.train)))
-        random.Random(self.cfg.seed * 100_003 + epoch).shuffle(order)
-        return order
-
     # --- training --------------------------------------------------------------------------
     def train_step(self) -> dict:
-        cfg, acc = self.cfg, self.accelerator
+        """One step: the algorithm's plan, then each of its updates: every micro-batch's loss
+        backpropagated (gradients synchronised across processes on the last one only), clipped,
+        and applied, or skipped on every process when anything was not finite."""
+        acc = self.accelerator
         start = time.perf_counter()
-        losses, rewards, infos = [], [], []
-        grad_norm, skipped = torch.full((1,), float("nan"), device=acc.device), None
-        # Non-finite losses or rewards seen in this step's micro-steps, counted on the device so
-        # the check costs no synchronisation until the one all-reduce that decides the update.
-        non_finite = torch.zeros((), device=acc.device)
         set_lora_dropout(self.model, True)  # backbone.lora_dropout; evaluation switches it off
-        for micro in range(cfg.gradient_accumulation_steps):
-            rng = random.Random(f"{cfg.seed}-{self.step}-{micro}")
-            prompts, seeds = self.batch(self.step, micro)
-            with acc.accumulate(self.model):
-                with acc.autocast():
-                    loss, values, info = self.forward_loss(prompts, seeds, rng)
-                infos.append(info_numbers(info))  # tensors: read once, after the step
-                acc.backward(loss)
-                non_finite += (~torch.isfinite(loss.detach())).float() \
-                    + (~torch.isfinite(values.detach())).any().float()
-                if acc.sync_gradients:
-                    if cfg.max_grad_norm > 0:
-                        norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-                    else:
-                        acc.unscale_gradients()  # fp16: the true norm, and the scaler's inf check
-                        norm = torch.norm(torch.stack(
-                            [p.grad.norm() for p in self.params if p.grad is not None]))
-                    # Clipping has scaled NaN gradients by NaN; a skipped update discards them.
-                    skipped = update(acc, self.optimizer, non_finite, norm)
-                    if not skipped:
-                        grad_norm = norm.detach().float().reshape(1)
-                self.optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-            rewards.append(values.detach().float().mean())
-        if not skipped:
-            self.lr_schedule.step()
-        # Averages over all processes, so the log shows the global batch: one all-reduce for
-        # every logged number rather than one per number, and one copy to the host. The
-        # gradient norm, the same on every process, joins after the reduce, unaveraged.
-        keys = list(infos[0])
-        numbers = [torch.as_tensor(i[k], device=acc.device).float().reshape(())
-                   for i in infos for k in keys]
-        info_local = (torch.stack(numbers).view(len(infos), len(keys)).mean(0) if numbers
-                      else torch.zeros(0, device=acc.device))
-        local = torch.cat([torch.stack([torch.stack(losses).mean(), torch.stack(rewards).mean()]),
-                           info_local])
-        logged = torch.cat([acc.reduce(local, "mean"), grad_norm.to(local.device)])
-        loss_mean, reward_mean, *info_means, grad_norm = logged.tolist()
-        info = dict(zip(keys, info_means))
+        plan = self.algorithm.plan(self.step)
+        planned = time.perf_counter()
+        sums: dict[str, torch.Tensor] = {}
+        weight = torch.zeros((), device=acc.device)
+        grad_norm, skipped_any = torch.full((1,), float("nan"), device=acc.device), False
+        for items in plan.updates:
+            norm, skipped = self._update(items, sums, weight)
+            if not skipped:
+                grad_norm = norm.detach().float().reshape(1)
+                self.lr_schedule.step()
+            skipped_any = skipped_any or bool(skipped)
+            self.nonfinite.record(skipped, self.step + 1, "loss, reward or gradient",
+                                  self.last_checkpoint)
+        # Weighted means over all micro-batches of all processes: one all-reduce for every
+        # logged number, and one copy to the host. The gradient norm, the same on every process,
+        # joins after the reduce.
+        keys = list(sums)
+        local = torch.stack([weight, *(sums[k] for k in keys)])
+        total, *summed, grad_norm = torch.cat([acc.reduce(local, "sum"), grad_norm]).tolist()
+        numbers = {k: v / total if total else float("nan") for k, v in zip(keys, summed)}
         self.step += 1
-        self.nonfinite.record(skipped, self.step, "loss, reward or gradient", self.last_checkpoint)
-        return {"split": "train", "step": self.step, "loss": loss_mean, "reward": reward_mean,
+        return {"split": "train", "step": self.step, **numbers, **plan.numbers,
                 "grad_norm": grad_norm, "lr": self.lr_schedule.get_last_lr()[0],
-                "seconds": time.perf_counter() - start, "skipped": bool(skipped),
+                "seconds": time.perf_counter() - start,
+                "update_seconds": time.perf_counter() - planned, "skipped": skipped_any,
                 "nonfinite_updates": self.nonfinite.total,
                 **({"overflow_updates": self.nonfinite.overflows,
-                    "loss_scale": acc.scaler.get_scale()} if acc.scaler is not None else {}),
-                **{f"reward_info/{k}": v for k, v in info.items()}}
+                    "loss_scale": acc.scaler.get_scale()} if acc.scaler is not None else {})}
 
-    def forward_loss(self, prompts: list[str], seeds: list[int],
-                     rng: random.Random) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """One micro-step up to the loss: noise from the seeds, the truncated sampler, decode of
-        the frames the reward scores, reward, loss. Autocast is the caller's; tests call this to
-        compare the gradients of each speed/memory switch on and off."""
-        cfg = self.cfg
-        noise = make_noise(self.backbone.latent_shape(len(prompts), cfg.num_frames, cfg.height,
-                                                      cfg.width), seeds, self.accelerator.device)
-        cutoff = cutoff_index(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,
-                              cfg.backprop_step, rng, self.dead_steps)
-        # Offloading moves what autograd saves for backward to host memory (pinned, on a GPU);
-        # inside checkpointed regions checkpoint's own hooks win, so it matters most without.
-        offload = (torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
-                   if cfg.offload_activations else contextlib.nullcontext())
-        with offload:
-            latents = sample(self.backbone, self.model, prompts, noise,
-                             num_inference_steps=cfg.num_inference_steps,
-                             guidance_scale=cfg.guidance_scale, cutoff=cutoff, eta=cfg.eta,
-                             step_seeds=seeds, gradient_checkpointing=cfg.gradient_checkpointing,
-                             batch_cfg=cfg.batch_cfg,
-                             compile_no_grad_steps=cfg.compile_no_grad_steps)
-            frames = self.backbone.decode(latents, frames_to_decode(self.reward,
-                                                                    cfg.num_frames, rng))
-            values, info = score(self.reward, frames, prompts, [rng] * len(prompts))
-            if hasattr(self.reward, "loss"):  # a reward with its own shaping (composite)
-                loss = self.reward.loss(values, info).mean()
-            else:
-                loss = reward_loss(values.float(), cfg.loss.target, cfg.loss.grad_scale).mean()
-        return loss, values, info
+    def _update(self, items: list, sums: dict[str, torch.Tensor],
+                weight: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        cfg, acc = self.cfg, self.accelerator
+        # Non-finite losses seen in this update, counted on the device so the check costs no
+        # synchronisation until the one all-reduce that decides the update.
+        non_finite = torch.zeros((), device=acc.device)
+        for i, item in enumerate(items):
+            # Processes may hold different numbers of micro-batches (an algorithm that drops
+            # samples); each synchronises gradients once, on its last.
+            last = i == len(items) - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                with acc.autocast():
+                    result = self.algorithm.loss(item)
+                acc.backward(result.loss)
+            non_finite += (~torch.isfinite(result.loss.detach())).float()
+            weight += result.weight
+            for k, v in result.numbers.items():
+                v = torch.as_tensor(v, device=acc.device).detach().float().reshape(())
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + result.weight * v
+        if cfg.max_grad_norm > 0:
+            norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        else:
+            acc.unscale_gradients()  # fp16: the true norm, and the scaler's inf check
+            norm = torch.norm(torch.stack([p.grad.norm() for p in self.params
+                                           if p.grad is not None]))
+        # Clipping has scaled NaN gradients by NaN; a skipped update discards them.
+        skipped = update(acc, self.optimizer, non_finite, norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, skipped
 
     def evaluate(self, out_dir: Path | None, models: tuple[str, ...] = ("base", "tuned"),
                  rewards: dict[str, Reward] | None = None, gallery: bool = True,
@@ -346,8 +292,8 @@ class RewardTrainer:
                 acc.log({k: v for k, v in record.items() if k not in ("split", "step")},
                         step=self.step)
                 bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", reward=f"{record['reward']:.4f}",
-                                skipped=self.nonfinite.total)
+                bar.set_postfix({**{k: f"{record[k]:.4f}" for k in self.algorithm.progress
+                                    if k in record}, "skipped": self.nonfinite.total})
                 saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps
                 if saved:
                     self.save_checkpoint()

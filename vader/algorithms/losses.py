@@ -1,0 +1,57 @@
+"""The algorithms' losses, as pure functions of tensors: reward shaping as VADER uses it
+(maximise the reward, or pull it to a target value with an L1 distance, times a gradient
+scale), and GRPO's advantages, clipped policy objective and KL terms."""
+from __future__ import annotations
+
+import torch
+
+
+def reward_loss(rewards: torch.Tensor, target: float | None = None,
+                grad_scale: float = 1.0) -> torch.Tensor:
+    """Per-video loss `(B,)`; the trainer averages it."""
+    if target is None:
+        return -grad_scale * rewards
+    return grad_scale * (rewards - target).abs()
+
+
+# --- policy gradient (GRPO): pure functions of tensors, tested against their formulas ---------
+
+def group_advantages(rewards: torch.Tensor, group_size: int, global_std: bool = False,
+                     eps: float = 1e-4, clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-relative advantages (GRPO; Flow-GRPO's `stat_tracking`): for rewards `(N,)` laid out
+    group by group, `(r − mean of its group) / (std + eps)` with the group's population std (or,
+    `global_std`, the std of all N rewards, as Flow-GRPO's `global_std` option), clipped to
+    ±`clip`. A group whose rewards are all equal carries no signal: its advantages are 0 and it is
+    reported in `kept` (N,) as False. eps 1e-4 is Flow-GRPO's."""
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not form groups of {group_size}")
+    groups = rewards.float().reshape(-1, group_size)
+    centred = groups - groups.mean(1, keepdim=True)
+    std = rewards.float().std(correction=0) if global_std else groups.std(1, correction=0, keepdim=True)
+    advantages = centred / (std + eps)
+    if clip is not None:
+        advantages = advantages.clamp(-clip, clip)
+    kept = (groups != groups[:, :1]).any(1, keepdim=True).expand_as(groups)
+    return advantages.masked_fill(~kept, 0.0).reshape(-1), kept.reshape(-1)
+
+
+def ppo_clip_loss(advantages: torch.Tensor, ratio: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO's clipped objective per sample (Schulman et al. 2017, eq. 7, as a loss):
+    max(−A·ratio, −A·clip(ratio, 1−ε, 1+ε)). At ratio 1 its gradient is that of −A·log p; where
+    the clip binds it is flat."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped)
+
+
+def gaussian_kl(mean: torch.Tensor, ref_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B,) KL between two Gaussians of the same std, N(mean, std²) ‖ N(ref_mean, std²), per
+    latent dimension: (mean − ref_mean)² / (2 std²), averaged over all but the first dimension
+    (Flow-GRPO's KL to the reference model)."""
+    return ((mean.float() - ref_mean.float()) ** 2 / (2 * std.float() ** 2)).flatten(1).mean(1)
+
+
+def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """0.5 · mean((log p − log p_old)²): how far the policy moved since the rollout (DDPO's
+    `approx_kl`)."""
+    return 0.5 * ((log_prob - old_log_prob) ** 2).mean()

@@ -1,0 +1,60 @@
+"""From a composed config to built objects: the one place that knows both the schema
+(vader.config) and the training loop (vader.loop), so neither imports the other."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vader.config import check_targets, eval_reward_configs
+from vader.loop.trainer import Trainer, check_settings, make_accelerator
+
+
+def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None) -> Trainer:
+    """Check `cfg` completely, then build the objects it names into a Trainer. Every check that
+    needs no model (the algorithm's own, given the number of processes, included) runs before
+    anything is built or written. `reward_name` is the reward_fn option chosen (train.py passes
+    Hydra's choice); by default the reward's module."""
+    check_targets(cfg)
+    eval_cfgs = eval_reward_configs(list(cfg.eval_rewards), cfg.eval_reward_args)
+    settings = OmegaConf.to_object(cfg)
+    check_settings(settings)
+    algorithm = build(cfg.algorithm)
+    accelerator = make_accelerator(settings, Path(run_dir))
+    if not settings.only_val:
+        algorithm.check(settings, accelerator.num_processes)
+    prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
+    # The backbone checks that every model part can be had before loading any of them, and
+    # comes before the reward so a wrong path fails before any reward model loads.
+    backbone = build(cfg.backbone)
+    reward_name = reward_name or cfg.reward_fn._target_.split(".")[-2]
+    eval_rewards = {name: build(node) for name, node in eval_cfgs.items() if name != reward_name}
+    return Trainer(settings, algorithm, backbone, build(cfg.reward_fn), prompts, run_dir,
+                   accelerator, reward_name=reward_name, eval_rewards=eval_rewards,
+                   embed=make_embedder(settings.eval_embedding))
+
+
+def make_embedder(name: str):
+    """The video embedding diversity is measured in: `pixels` (weight-free) or a CLIP model's
+    hub id or folder (mean of its normalised frame embeddings)."""
+    from vader.evaluation.stats import pixel_embedding
+
+    if name == "pixels":
+        return pixel_embedding
+    from rewards.clip_hf import video_embedder
+    return video_embedder(name)
+
+
+def build(node: DictConfig) -> Any:
+    """hydra.utils.instantiate, but our own errors (which say what to do) reach the user as they
+    are instead of wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError, KeyError)):
+            raise err.__cause__ from None
+        raise

@@ -1,0 +1,20 @@
+"""The order training prompts are drawn in: an endless stream, reshuffled every epoch from the
+seed, indexed by a global video number. A pure function of (seed, index), so every process
+and a resumed run agree on which prompt any video of any step gets."""
+from __future__ import annotations
+
+import functools
+import random
+
+
+@functools.lru_cache(maxsize=4)  # the current epoch and the next, for a few prompt lists
+def epoch_order(num_prompts: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(num_prompts))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return tuple(order)
+
+
+def prompt_at(prompts: list[str], seed: int, index: int) -> str:
+    """The `index`-th prompt (from 0) of the stream: every prompt once per epoch."""
+    epoch, pos = divmod(index, len(prompts))
+    return prompts[epoch_order(len(prompts), seed, epoch)[pos]]
