@@ -56,6 +56,11 @@ SETTINGS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], list[str]]] = 
     # shared subject for all 4.
     "object": (lambda f: ["reward_fn=object", f"reward_fn.pretrained={f['object']}",
                           "reward_fn.object=dog"], ["num_steps=8", "lr=5e-2", *SHARED_SUBJECT]),
+    # GRPO on a reward computed without gradients (JPEG size, DDPO's compressibility): no
+    # reward model, so no folders. One group of 4 per network call, 6 sampling steps (5 eligible,
+    # 3 trained per video at the default fraction 0.6).
+    "grpo_compressibility": (lambda f: ["algorithm=grpo", "reward_fn=compressibility"],
+                             ["num_inference_steps=6", "train_batch_size=4", "num_steps=10"]),
 }
 
 
@@ -94,7 +99,7 @@ def train(name: str, folders: dict[str, Path], seed: int, run_dir: Path,
     import accelerate.utils
 
     from tests.conftest import compose_cfg
-    from vader.config import build_trainer
+    from vader.build import build_trainer
 
     reward, settings = SETTINGS[name]
     cfg = compose_cfg(*reward(folders), *settings, *EVAL, f"seed={seed}", *extra)

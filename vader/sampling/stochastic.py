@@ -1,0 +1,172 @@
+"""The stochastic sampler, written once beside the differentiable one (vader.sampling.
+differentiable): it denoises without gradients with a step that draws noise, and records each
+step as a Gaussian, so a policy-gradient algorithm (GRPO) can later ask how likely the model,
+changed since, finds the same step.
+
+A step kernel turns the model's output at `x_t` into the Gaussian `x_{t-1} ~ N(mean, std²)`.
+`DDIMStep` is DDIM with eta > 0 (Song et al. 2021, eq. 12, as diffusers' `DDIMScheduler.step`
+computes it); a flow-matching SDE step (Flow-GRPO, DanceGRPO) plugs in beside it by offering the
+same two methods, and `step_kernel` picks the kernel for a scheduler. Diffusers' schedulers
+return only the sample, not its mean and standard deviation, so the Gaussian is ours; a test
+checks that it draws exactly the sample `DDIMScheduler.step` draws from the same noise.
+
+Log-probabilities are averaged over the latent dimensions, not summed, as every working
+implementation does (DDPO's `ddim_with_logprob`, Flow-GRPO, DanceGRPO): a sum over a video
+latent's 10^5 dimensions makes ratios overflow.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from vader.protocols import Backbone
+from vader.sampling.differentiable import conditioning, guided_prediction, make_noise
+from vader.sampling.seeds import ETA, generator_seed
+
+
+class StepKernel(Protocol):
+    def gaussian(self, model_output: torch.Tensor, t: torch.Tensor,
+                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (shaped like `x`) and standard deviation (broadcastable to it) of the next
+        latents, given the model output at `x`; `t` holds one timestep per video."""
+
+
+def _per_video(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...), on `like`'s device, for broadcasting over a video's latents."""
+    return values.to(like.device).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+class DDIMStep:
+    """DDIM with eta > 0 as a Gaussian. With ᾱ the scheduler's `alphas_cumprod`, prev = t − T/n
+    (ᾱ_prev = `final_alpha_cumprod` below 0), and x̂0, ε̂ from the model output (epsilon or v):
+    std = eta · sqrt((1 − ᾱ_prev)/(1 − ᾱ_t) · (1 − ᾱ_t/ᾱ_prev)),
+    mean = sqrt(ᾱ_prev) · x̂0 + sqrt(1 − ᾱ_prev − std²) · ε̂."""
+
+    def __init__(self, scheduler: Any, eta: float):
+        from diffusers import DDIMScheduler
+
+        if not isinstance(scheduler, DDIMScheduler):
+            raise ValueError(f"the stochastic sampler needs a DDIM scheduler, not "
+                             f"{type(scheduler).__name__}; set backbone.scheduler=ddim")
+        if eta <= 0:
+            raise ValueError(f"eta={eta}: a DDIM step with eta = 0 is deterministic and has no "
+                             "log-probability; use eta > 0 (DDPO: 1.0)")
+        config = scheduler.config
+        if config.thresholding:
+            raise ValueError("the stochastic sampler does not support DDIM's dynamic thresholding "
+                             "(scheduler thresholding=True)")
+        if config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type={config.prediction_type!r}: the stochastic sampler "
+                             "handles epsilon and v_prediction")
+        self.eta = eta
+        self.alphas = scheduler.alphas_cumprod
+        self.final = scheduler.final_alpha_cumprod
+        self.stride = config.num_train_timesteps // scheduler.num_inference_steps
+        self.prediction_type = config.prediction_type
+        self.clip = config.clip_sample_range if config.clip_sample else None
+
+    def _alphas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = t.cpu().long()
+        prev = t - self.stride
+        alpha_prev = torch.where(prev >= 0, self.alphas[prev.clamp(min=0)], self.final)
+        return self.alphas[t], alpha_prev
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) standard deviations of the steps at timesteps `t`."""
+        alpha, alpha_prev = self._alphas(t)
+        variance = (1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)
+        return self.eta * variance ** 0.5
+
+    def gaussian(self, model_output: torch.Tensor, t: torch.Tensor,
+                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        alpha, alpha_prev = (_per_video(a, x) for a in self._alphas(t))
+        beta = 1 - alpha
+        # The same float32 operations in the same order as DDIMScheduler.step.
+        if self.prediction_type == "epsilon":
+            x0 = (x - beta ** 0.5 * model_output) / alpha ** 0.5
+            eps = model_output
+        else:
+            x0 = alpha ** 0.5 * x - beta ** 0.5 * model_output
+            eps = alpha ** 0.5 * model_output + beta ** 0.5 * x
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
+        std = _per_video(self.std(t), x)
+        mean = alpha_prev ** 0.5 * x0 + (1 - alpha_prev - std ** 2) ** 0.5 * eps
+        return mean, std
+
+
+def step_kernel(scheduler: Any, eta: float) -> StepKernel:
+    """The kernel for `scheduler` (whose timesteps are set): DDIM's for now; the flow-matching
+    SDE step for FlowMatchEulerDiscreteScheduler belongs here beside it."""
+    return DDIMStep(scheduler, eta)
+
+
+def log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B,) Gaussian log-density of `x` under N(mean, std²), averaged over all but the first
+    dimension. Computed in float32 whatever the latents' precision: ratios exp(Δ log p) of
+    nearly equal numbers need the digits."""
+    x, mean, std = x.float(), mean.float(), std.float()
+    density = -((x - mean) ** 2) / (2 * std ** 2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return density.flatten(1).mean(1)
+
+
+@dataclass
+class Trajectory:
+    """What a rollout recorded, for `S` steps and `B` videos: `latents` (S+1, B, ...), step i
+    going from latents[i] to latents[i+1]; `means` (S, B, ...) and `stds` (S, B) of each step's
+    Gaussian; `log_probs` (S, B) of the recorded sample under it; `timesteps` (S,); `cond` the
+    conditioning the model saw (with guidance, the empty prompt's then the prompts')."""
+
+    latents: torch.Tensor
+    means: torch.Tensor
+    stds: torch.Tensor
+    log_probs: torch.Tensor
+    timesteps: torch.Tensor
+    cond: torch.Tensor
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.latents[-1]
+
+
+def select_cond(cond: torch.Tensor, index: torch.Tensor, guided: bool) -> torch.Tensor:
+    """The conditioning of the videos at `index`, in `conditioning`'s layout."""
+    if not guided:
+        return cond[index]
+    uncond, text = cond.chunk(2)
+    return torch.cat([uncond[index], text[index]])
+
+
+@torch.no_grad()
+def rollout(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torch.Tensor, *,
+            num_inference_steps: int, guidance_scale: float, eta: float, step_seeds: list[int],
+            batch_cfg: bool = True) -> Trajectory:
+    """Denoise `noise` without gradients, drawing each step's noise from `step_seeds` as the
+    differentiable sampler does with the same eta (so both give the same video), and record every
+    step. Costs what plain sampling costs plus arithmetic on the latents."""
+    if len(prompts) != noise.shape[0] or len(step_seeds) != noise.shape[0]:
+        raise ValueError(f"{len(prompts)} prompts and {len(step_seeds)} step seeds for "
+                         f"{noise.shape[0]} noise samples")
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(num_inference_steps)
+    kernel = step_kernel(scheduler, eta)
+    cond = conditioning(backbone, prompts, guidance_scale)
+    x = noise * scheduler.init_noise_sigma
+    latents, means, stds, log_probs = [x], [], [], []
+    for i, t in enumerate(scheduler.timesteps):
+        out = guided_prediction(backbone, model, scheduler.scale_model_input(x, t), t, cond,
+                                guidance_scale, batch_cfg)
+        mean, std = kernel.gaussian(out, t.expand(len(prompts)), x)
+        drawn = make_noise(tuple(x.shape), [generator_seed(ETA, s, i) for s in step_seeds],
+                           x.device, x.dtype, draw_on=x.device)
+        x = (mean + std * drawn).to(noise.dtype)
+        latents.append(x)
+        means.append(mean)
+        stds.append(std.flatten())
+        log_probs.append(log_prob(x, mean, std))
+    return Trajectory(torch.stack(latents), torch.stack(means), torch.stack(stds),
+                      torch.stack(log_probs), scheduler.timesteps.clone(), cond)
