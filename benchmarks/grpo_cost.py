@@ -10,10 +10,12 @@ rollout    `vader.sampling.stochastic.rollout` (DDIM eta, every step recorded as
 sample     `vader.sampling.differentiable.sample` under no_grad with the same eta and noise:
            interleaved rounds, the ratio taken within each round (median and range).
 update     one GRPO step's update (rollouts excluded: `update_seconds`) at timestep_fraction
-           0.5 and 1.0, and one reward-gradient step (`backprop_steps=1`) of `--videos` videos,
-           each in a fresh process: seconds of the second step, and peak memory of the first
-           (CUDA: max allocated during the step; CPU: growth of the process's peak RSS over what
-           setup left, which also counts allocator caches).
+           0.5 and 1.0 (and 1.0 at twice the sampling steps: the update's memory must not grow
+           with them), and one reward-gradient step (`backprop_steps=1`) of `--videos` videos,
+           each in a fresh process after a warm-up step: seconds, and peak memory above what
+           the process held when the step began (CUDA: max allocated; CPU: resident set size
+           polled every millisecond, which also counts allocator caches), and the bytes
+           autograd holds for backward after one micro-batch's forward (`saved MiB`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -91,31 +92,80 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def peak_bytes() -> int:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-
-
 def one_case(args: argparse.Namespace) -> dict:
-    """Run in a fresh process: one step for memory, a second for time."""
-    if args.case == "reward_grad":
+    """Run in a fresh process: a warm-up step, then the measured one (its seconds and its peak
+    memory above what the process held when it began)."""
+    from benchmarks.memory_vs_steps import RssPeak
+
+    name, _, steps = args.case.partition("@")  # e.g. "grpo:0.5@20": 20 sampling steps
+    if name == "reward_grad":
         overrides = [f"train_batch_size={args.videos}", "backprop_steps=1"]
     else:
         overrides = ["algorithm=grpo", f"algorithm.group_size={args.videos}",
                      "algorithm.groups_per_step=1", f"train_batch_size={args.videos}",
-                     f"algorithm.timestep_fraction={args.case.split(':')[1]}"]
+                     f"algorithm.timestep_fraction={name.split(':')[1]}"]
+    if steps:
+        overrides.append(f"num_inference_steps={steps}")
     trainer = build([*video_args(args), *overrides])
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    before = peak_bytes()
     trainer.train_step()
-    memory = peak_bytes() - (0 if torch.cuda.is_available() else before)
     sync()
-    record = trainer.train_step()
-    key = "update_seconds" if args.case != "reward_grad" else "seconds"
+
+    def peak(fn):
+        if torch.cuda.is_available():
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            out = fn()
+            return out, torch.cuda.max_memory_allocated() - base
+        with RssPeak() as rss:
+            out = fn()
+        return out, rss.peak - rss.base
+
+    saved = saved_for_backward(trainer) if name == "reward_grad" or not torch.cuda.is_available() \
+        else None
+    rollout_memory = None
+    if name != "reward_grad":  # the rollout alone, so the step's peak can be told apart
+        _, rollout_memory = peak(lambda: trainer.algorithm.plan(trainer.step))
+    record, memory = peak(trainer.train_step)
+    key = "update_seconds" if name != "reward_grad" else "seconds"
     return {"seconds": record[key], "step_seconds": record["seconds"],
-            "rollout_seconds": record.get("rollout_seconds"), "peak_bytes": memory}
+            "rollout_seconds": record.get("rollout_seconds"), "peak_bytes": memory,
+            "rollout_peak_bytes": rollout_memory, "saved_bytes": saved}
+
+
+def saved_for_backward(trainer) -> int:
+    """The most bytes autograd holds for backward after one micro-batch's forward pass, weights
+    left out (what a step's activations cost, independent of allocator caches). Gradient
+    checkpointing hides what it saves, so it is switched off for this count: the checkpointed
+    backward recomputes the same forward and holds the same tensors then."""
+    weights = {p.untyped_storage().data_ptr() for p in trainer.backbone.trainable_module().parameters()}
+    held: dict[int, int] = {}
+    most = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            held[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    loss = trainer.algorithm.loss
+
+    def counted(item):
+        nonlocal most
+        held.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            result = loss(item)
+        most = max(most, sum(held.values()))
+        return result
+
+    checkpointing = trainer.cfg.gradient_checkpointing
+    trainer.cfg.gradient_checkpointing = False
+    trainer.algorithm.loss = counted
+    try:
+        trainer.train_step()
+    finally:
+        trainer.algorithm.loss = loss
+        trainer.cfg.gradient_checkpointing = checkpointing
+    return most
 
 
 def main() -> None:
@@ -137,8 +187,10 @@ def main() -> None:
         return
 
     result = {"throughput": throughput(args), "update": {}}
-    forwarded = [a for a in sys.argv[1:] if not a.startswith("--json")]
-    for case in ("reward_grad", "grpo:0.5", "grpo:1.0"):
+    forwarded = [f"--steps={args.steps}", f"--frames={args.frames}", f"--height={args.height}",
+                 f"--width={args.width}", f"--videos={args.videos}", f"--threads={args.threads}",
+                 *(["--override", *args.override] if args.override else [])]
+    for case in ("reward_grad", "grpo:0.5", "grpo:1.0", f"grpo:1.0@{2 * args.steps}"):
         out = subprocess.run([sys.executable, "-m", "benchmarks.grpo_cost", *forwarded,
                               "--case", case], capture_output=True, text=True, check=True)
         result["update"][case] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -152,10 +204,13 @@ def main() -> None:
           f"{t['videos_per_second']['sample']:.3f} videos/s: rollout/sample "
           f"{t['rollout/sample']['median']:.3f} (range {t['rollout/sample']['min']:.3f}-"
           f"{t['rollout/sample']['max']:.3f}, {args.repeats} rounds)")
-    print(f"{'':>12} {'seconds':>8} {'peak MiB':>9}   (grpo: the update alone; its rollout apart)")
+    print(f"{'':>14} {'seconds':>8} {'saved MiB':>10} {'step peak MiB':>14} {'rollout s':>10} "
+          f"{'rollout peak MiB':>17}   (grpo seconds: the update alone)")
     for case, r in result["update"].items():
-        extra = f"   rollout {r['rollout_seconds']:.2f} s" if r["rollout_seconds"] else ""
-        print(f"{case:>12} {r['seconds']:>8.2f} {r['peak_bytes'] / 2**20:>9.1f}{extra}")
+        saved = f"{r['saved_bytes'] / 2**20:>10.1f}" if r["saved_bytes"] is not None else f"{'':>10}"
+        rollout = (f"{r['rollout_seconds']:>10.2f} {r['rollout_peak_bytes'] / 2**20:>17.1f}"
+                   if r["rollout_seconds"] else "")
+        print(f"{case:>14} {r['seconds']:>8.2f} {saved} {r['peak_bytes'] / 2**20:>14.1f} {rollout}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from rewards.brightness import Brightness
+
 SEEDS = (0, 1, 2)  # what the tests run; a majority is 2 of them
 
 # Held-out pairs per run: the builtin prompts' 4 held-out prompts x 4 seeds. One seed per prompt
@@ -56,11 +60,20 @@ SETTINGS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], list[str]]] = 
     # shared subject for all 4.
     "object": (lambda f: ["reward_fn=object", f"reward_fn.pretrained={f['object']}",
                           "reward_fn.object=dog"], ["num_steps=8", "lr=5e-2", *SHARED_SUBJECT]),
-    # GRPO on a reward computed without gradients (JPEG size, DDPO's compressibility): no
-    # reward model, so no folders. One group of 4 per network call, 6 sampling steps (5 eligible,
-    # 3 trained per video at the default fraction 0.6).
-    "grpo_compressibility": (lambda f: ["algorithm=grpo", "reward_fn=compressibility"],
-                             ["num_inference_steps=6", "train_batch_size=4", "num_steps=10"]),
+    # GRPO on a reward computed without gradients (BrightnessWithoutGradient, below): 4 groups of
+    # 4 videos a step sharing their initial noise, all 3 trainable steps of 4. lr 3e-3: at 1e-2
+    # the reward fell (GRPO's gradient is noisy; Adam takes full-size steps along the noise).
+    "grpo_no_gradient": (
+        lambda f: ["algorithm=grpo", "reward_fn=brightness",
+                   "reward_fn._target_=tests.learning.BrightnessWithoutGradient"],
+        ["num_inference_steps=4", "algorithm.timestep_fraction=1.0", "algorithm.groups_per_step=4",
+         "algorithm.same_noise=true", "train_batch_size=8", "num_steps=30", "lr=3e-3"]),
+    # The same on the shipped reward without gradients, JPEG compressibility: measured, not
+    # asserted (on 16x16 frames of the random tiny model its spread is a few bytes).
+    "grpo_compressibility": (
+        lambda f: ["algorithm=grpo", "reward_fn=compressibility"],
+        ["num_inference_steps=4", "algorithm.timestep_fraction=1.0", "algorithm.groups_per_step=4",
+         "algorithm.same_noise=true", "train_batch_size=8", "num_steps=30", "lr=3e-3"]),
 }
 
 
@@ -80,6 +93,19 @@ def reward_folders(root: Path, names: tuple[str, ...] = tuple(SETTINGS)) -> dict
     for name in set(writers) & set(names):
         folders[name] = writers[name](root / name)
     return folders
+
+
+class BrightnessWithoutGradient(Brightness):
+    """Mean brightness as a reward without gradients: computed under no_grad on detached frames
+    and declared `differentiable = False`, so only an algorithm that needs no reward gradient
+    (GRPO) can train on it; reward-gradient training refuses it."""
+
+    differentiable = False
+
+    @torch.no_grad()
+    def __call__(self, frames: torch.Tensor, prompts: list[str]):
+        values, info = super().__call__(frames.detach(), prompts)
+        return values.detach(), info
 
 
 @dataclass(frozen=True)

@@ -248,3 +248,38 @@ def test_grpo_trains_and_logs(make_trainer, tmp_path):
                 "dropped_groups", "rollout_seconds", "update_seconds", "grad_norm"):
         assert all(isinstance(r[key], (int, float)) for r in train), key
     assert "reward/compressibility" in result["summary"]["per_model"]["tuned"]
+
+
+def test_an_update_makes_videos_with_positive_advantage_more_likely(make_trainer):
+    """One update, then the same recorded steps re-evaluated: the log-probabilities moved with
+    the advantages (measured correlation 0.96 on colorfulness at lr 1e-3)."""
+    trainer = make_trainer(*GRPO[:3], "train_batch_size=4", "algorithm.groups_per_step=2",
+                           "num_inference_steps=6", "algorithm.timestep_fraction=1.0", "lr=1e-3")
+    trainer.setup()
+    algo = trainer.algorithm
+    items = algo.plan(0).updates[0]
+    for item in items:
+        trainer.accelerator.backward(algo.loss(item).loss)
+    trainer.optimizer.step()
+    moved = torch.zeros(8)
+    with torch.no_grad():
+        for index, steps, _ in items:
+            for v, s in zip(index, steps):
+                moved[v] += torch.log(algo.loss(([v], [s], 0.0)).numbers["ratio"])
+    advantages = algo.advantages
+    assert torch.corrcoef(torch.stack([advantages, moved]))[0, 1] > 0.8, (advantages, moved)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_same_noise_shares_a_groups_initial_noise_and_not_its_steps(make_trainer, same):
+    trainer = make_trainer(*GRPO, "algorithm.groups_per_step=2", f"algorithm.same_noise={same}")
+    trainer.setup()
+    algo = trainer.algorithm
+    algo.plan(0)
+    start, final = algo.traj.latents[0], algo.traj.final
+    for group in (range(0, 4), range(4, 8)):
+        first = group[0]
+        for v in group[1:]:
+            assert torch.equal(start[v], start[first]) == same
+            assert not torch.equal(final[v], final[first])  # the steps' noise differs
+    assert not torch.equal(start[0], start[4])  # groups never share noise
