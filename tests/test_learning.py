@@ -29,4 +29,9 @@ def test_every_setting_names_a_reward_and_its_training():
     for name, (reward, settings) in SETTINGS.items():
         overrides = reward({k: f"/models/{k}" for k in ("clip", "bare", "processor", "hps",
                                                          "hps_arch", "xclip", "actpred", "object")})
-        assert overrides[0] == f"reward_fn={name}" and any(s.startswith("num_steps=") for s in settings)
+        assert any(s.startswith("num_steps=") for s in settings), name
+        rewards = [o for o in overrides if o.startswith("reward_fn=")]
+        algorithm = [o.split("=")[1] for o in overrides if o.startswith("algorithm=")]
+        assert len(rewards) == 1, name
+        # Reward-gradient settings are named after their reward; others after the algorithm.
+        assert name.startswith(f"{algorithm[0]}_") if algorithm else rewards[0] == f"reward_fn={name}"
