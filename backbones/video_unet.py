@@ -223,6 +223,43 @@ class VideoUNetBackbone:
     def _decode_chunk(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z).sample
 
+    # --- training on data (SFT, DPO): the inverse of decode, and the forward process --------
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents `(B, C, T, h, w)` of frames `(B, T, C, H, W)` in [0, 1], scaled as `decode`
+        takes them: the VAE posterior's mean (deterministic, so a cache holds one value per
+        clip), or a draw from it with `generator`. The frozen VAE is never differentiated here."""
+        b, t = frames.shape[:2]
+        flat = (frames.flatten(0, 1) * 2 - 1).to(self.vae.device, self.vae.dtype)
+        parts = []
+        for chunk in flat.split(self.decode_chunk):
+            posterior = self.vae.encode(chunk).latent_dist
+            parts.append(posterior.mean if generator is None else posterior.sample(generator))
+        z = torch.cat(parts).float() * self.vae.config.scaling_factor
+        return z.reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    def _alphas(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        alphas = self.make_scheduler().alphas_cumprod.to(like.device)[t.to(like.device).long()]
+        return alphas.float().reshape(-1, *([1] * (like.ndim - 1)))
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The forward (DDPM) process the denoiser was trained on, whatever the sampler:
+        sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, with one timestep per video in `t`."""
+        alpha = self._alphas(t, latents)
+        return alpha ** 0.5 * latents + (1 - alpha) ** 0.5 * noise
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor,
+                        t: torch.Tensor) -> torch.Tensor:
+        """What `predict` should return for `add_noise(latents, noise, t)`: the noise ε
+        (epsilon prediction) or the velocity sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0 (v prediction)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "v_prediction":
+            alpha = self._alphas(t, latents)
+            return alpha ** 0.5 * noise - (1 - alpha) ** 0.5 * latents
+        raise ValueError(f"backbone {self.name!r}: no training target for prediction_type="
+                         f"{self.prediction_type!r} (epsilon and v_prediction are supported)")
+
     def make_scheduler(self) -> Any:
         return self.scheduler_cls.from_config(self.scheduler_config)
 

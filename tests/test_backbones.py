@@ -143,3 +143,41 @@ def test_lora_dropout_acts_in_training_steps_only(make_trainer):
     assert not any(m.training for n, m in unet.named_modules() if "lora_dropout" not in n)
     set_lora_dropout(unet, False)     # what evaluation does
     assert torch.equal(out(), out())
+
+
+# --- training on data: encode, the forward process, the target (issue 15, item 8) ------------
+def test_encode_then_decode_keeps_shape_and_range(backbone):
+    frames = torch.rand(2, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    latents = backbone.encode(frames)
+    assert latents.shape == backbone.latent_shape(2, 4, 16, 16)
+    assert torch.equal(latents, backbone.encode(frames))  # the posterior mean: deterministic
+    drawn = backbone.encode(frames, generator=torch.Generator().manual_seed(1))
+    assert drawn.shape == latents.shape and not torch.equal(drawn, latents)
+    with torch.no_grad():
+        again = backbone.decode(latents)
+    assert again.shape == frames.shape and again.min() >= 0 and again.max() <= 1
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_a_perfect_predictor_recovers_the_clean_latent(backbone, prediction_type):
+    """Noise clean latents with `add_noise`, hand diffusers' DDIM step `training_target` as the
+    model output: its x0 estimate must be the clean latents, for either prediction type."""
+    from diffusers import DDIMScheduler
+
+    backbone.prediction_type = prediction_type  # the module-scoped fixture: restored below
+    try:
+        config = {**backbone.scheduler_config, "prediction_type": prediction_type}
+        scheduler = DDIMScheduler.from_config(config)
+        scheduler.set_timesteps(10)
+        g = torch.Generator().manual_seed(0)
+        latents = torch.randn(backbone.latent_shape(2, 4, 16, 16), generator=g)
+        noise = torch.randn(latents.shape, generator=g)
+        for t in scheduler.timesteps[[0, 4, 9]]:
+            ts = t.expand(2)
+            noisy = backbone.add_noise(latents, noise, ts)
+            torch.testing.assert_close(noisy, scheduler.add_noise(latents, noise, ts))
+            target = backbone.training_target(latents, noise, ts)
+            x0 = scheduler.step(target, t, noisy).pred_original_sample
+            torch.testing.assert_close(x0, latents, rtol=1e-4, atol=1e-4)
+    finally:
+        backbone.prediction_type = backbone.scheduler_config.get("prediction_type", "epsilon")

@@ -45,6 +45,19 @@ class Backbone(Protocol):
     def decode(self, latents: torch.Tensor, frame_index: torch.Tensor | None = None) -> torch.Tensor:
         """Frames `(B, T', C, H, W)` in [0, 1], differentiable; only `frame_index` frames."""
 
+    def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents of frames `(B, T, C, H, W)` in [0, 1], as `decode` takes them (the inverse of
+        `decode`); never differentiated. For training on data (SFT, DPO)."""
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Clean latents noised to timestep `t` (one per video) by the forward process the
+        denoiser was trained on."""
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor,
+                        t: torch.Tensor) -> torch.Tensor:
+        """What `predict` should return on `add_noise(latents, noise, t)` for this backbone's
+        prediction type (the noise for epsilon, the velocity for v)."""
+
     def make_scheduler(self) -> Any:
         """A fresh diffusers scheduler (schedulers hold per-sampling state)."""
 
