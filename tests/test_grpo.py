@@ -283,3 +283,4 @@ def test_same_noise_shares_a_groups_initial_noise_and_not_its_steps(make_trainer
             assert torch.equal(start[v], start[first]) == same
             assert not torch.equal(final[v], final[first])  # the steps' noise differs
     assert not torch.equal(start[0], start[4])  # groups never share noise
+

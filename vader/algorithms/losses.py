@@ -55,3 +55,31 @@ def approx_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tenso
     """0.5 · mean((log p − log p_old)²): how far the policy moved since the rollout (DDPO's
     `approx_kl`)."""
     return 0.5 * ((log_prob - old_log_prob) ** 2).mean()
+
+
+# --- preference pairs (Diffusion-DPO) -----------------------------------------------------
+
+def diffusion_dpo_logit(error_chosen: torch.Tensor, error_chosen_ref: torch.Tensor,
+                        error_rejected: torch.Tensor, error_rejected_ref: torch.Tensor,
+                        beta: float = 5000.0) -> torch.Tensor:
+    """Diffusion-DPO's logit per pair (Wallace et al. 2024, eq. 14):
+    −β/2 · ((e_w − e_w,ref) − (e_l − e_l,ref)), each e the squared error of the model's
+    prediction against its target averaged over every non-batch dimension, chosen (w) and
+    rejected (l) noised with the same noise and timestep, the reference being the model with its
+    LoRA off. β = 5000 is the paper's; diffusers' example (train_diffusion_dpo.py) drops the 1/2
+    and uses 2500 for the same thing. Positive: the model prefers the chosen video more than the
+    reference does."""
+    return -0.5 * beta * ((error_chosen - error_chosen_ref) - (error_rejected - error_rejected_ref))
+
+
+def diffusion_dpo_loss(logit: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) −log σ(logit), optionally times a per-pair weight; log 2 at logit 0 (a LoRA still at
+    its zero init)."""
+    loss = -torch.nn.functional.logsigmoid(logit)
+    return loss if weight is None else loss * weight
+
+
+def implicit_accuracy(logit: torch.Tensor) -> torch.Tensor:
+    """Share of pairs where the model prefers the chosen video more than the reference does;
+    ties (logit exactly 0) count half, so a model equal to its reference scores 0.5."""
+    return ((logit > 0).float() + 0.5 * (logit == 0).float()).mean()
