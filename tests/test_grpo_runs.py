@@ -110,3 +110,32 @@ def test_grpo_raises_the_held_out_mean_of_a_reward_without_gradients(tmp_path):
     (mean +0.0250, all 4 improved); asserted: a majority of seeds 0-2 and a mean gain of 0.01."""
     outcomes = [train("grpo_no_gradient", {}, seed, tmp_path / f"seed{seed}") for seed in SEEDS]
     assert_learns(outcomes, min_mean_gain=0.01)
+
+
+def test_a_nan_reward_skips_the_grpo_update_on_the_common_path(make_trainer):
+    """The loop's guard serves GRPO unchanged: a NaN reward makes that step's update non-finite,
+    so it is skipped and counted, and the next step trains."""
+    from tests.test_reliability import poison
+
+    trainer = make_trainer(*ARGS[:4], "num_steps=2")
+    trainer.setup()
+    poison(trainer, {0})
+    before = trainer.backbone.lora_state_dict()
+    first = trainer.train_step()
+    assert first["skipped"] and first["nonfinite_updates"] == 1
+    assert all(torch.equal(before[k], v) for k, v in trainer.backbone.lora_state_dict().items())
+    second = trainer.train_step()
+    assert not second["skipped"]
+    assert any(not torch.equal(before[k], v) for k, v in trainer.backbone.lora_state_dict().items())
+
+
+def test_only_val_evaluates_a_lora_grpo_trained(make_trainer, tmp_path):
+    trainer = make_trainer(*ARGS[:4], "num_steps=2", "checkpoint_every=2")
+    trainer.setup()
+    trained = trainer.train()
+    folder = tmp_path / "run" / "checkpoints" / "step_000002"
+    evaluator = make_trainer("only_val=true", f"lora_path={folder}", run_dir=tmp_path / "eval")
+    evaluator.setup()
+    summary = evaluator.only_val()
+    assert summary["per_model"]["tuned"]["reward/colorfulness"]["mean"] == \
+        pytest.approx(trained["after"], abs=1e-6)
