@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from tests.learning import SEEDS, assert_learns, train
 from tests.test_distributed import run
+from tests.test_training import check_resume_matches_uninterrupted
 
 # One group of 4 spanning both processes (videos 0-1 on rank 0, 2-3 on rank 1), 2 videos per
 # network call either way, 3 steps.
@@ -43,40 +44,10 @@ def test_two_processes_match_one(tmp_path):
     assert diff.max() < 2e-3
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_matches_uninterrupted(make_trainer, tmp_path, monkeypatch):
-    args = [*ARGS[:4], "num_steps=4", "checkpoint_every=2", "reward_fn=compressibility",
-            "algorithm.inner_epochs=2"]
-    straight = make_trainer(*args, run_dir=tmp_path / "straight")
-    straight.setup()
-    straight.train()
-    expected = straight.backbone.lora_state_dict()
-
-    interrupted = make_trainer(*args, run_dir=tmp_path / "resumed")
-    interrupted.setup()
-    real_step = type(interrupted).train_step
-
-    def dying_step(self):
-        if self.step == 3:  # step 2's checkpoint is written; die midway through the next one
-            raise Interrupt
-        return real_step(self)
-
-    monkeypatch.setattr(type(interrupted), "train_step", dying_step)
-    with pytest.raises(Interrupt):
-        interrupted.train()
-    monkeypatch.undo()
-
-    resumed = make_trainer(*args, run_dir=tmp_path / "resumed")
-    resumed.setup()
-    assert resumed.step == 2
-    resumed.train()
-    got = resumed.backbone.lora_state_dict()
-    for k in expected:
-        torch.testing.assert_close(got[k], expected[k], rtol=0, atol=1e-6, msg=k)
-    assert any(not torch.equal(got[k], interrupted.backbone.lora_state_dict()[k]) for k in got)
+    check_resume_matches_uninterrupted(make_trainer, tmp_path, monkeypatch, *ARGS[:4],
+                                       "num_steps=4", "checkpoint_every=2",
+                                       "reward_fn=compressibility", "algorithm.inner_epochs=2")
 
 
 @pytest.mark.slow
