@@ -107,6 +107,7 @@ def count_step(trainer) -> dict[str, int]:
     """Text-encoder calls and host reads by the project's code (not torch's or diffusers') in
     one training step."""
     root = Path(__file__).resolve().parents[1]
+    installed = Path(sys.prefix).resolve()  # a venv inside the checkout is not our code
     counts = {"text_encoder_calls": 0, "host_reads": 0}
     hook = trainer.backbone.text_encoder.register_forward_pre_hook(
         lambda *_: counts.__setitem__("text_encoder_calls", counts["text_encoder_calls"] + 1))
@@ -116,7 +117,7 @@ def count_step(trainer) -> dict[str, int]:
     def wrap(method):
         def counted(self, *args, **kwargs):
             caller = Path(sys._getframe(1).f_code.co_filename).resolve()
-            if caller.is_relative_to(root):
+            if caller.is_relative_to(root) and not caller.is_relative_to(installed):
                 counts["host_reads"] += 1
             return method(self, *args, **kwargs)
         return counted

@@ -21,12 +21,16 @@ def count_reads(monkeypatch) -> collections.Counter:
     """Counts of the calls, made by the project's own code (not torch's or diffusers'), of the
     Tensor methods that copy a value to the host, and so wait for the device."""
     counts: collections.Counter = collections.Counter()
+    # A virtual environment inside the checkout (`python -m venv .venv`) holds torch's and
+    # accelerate's code under ROOT too: installed packages are not the project's code.
+    installed = Path(sys.prefix).resolve()
     for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
         real = getattr(torch.Tensor, name)
 
         def counted(self, *args, _real=real, _name=name, **kwargs):
             caller = Path(sys._getframe(1).f_code.co_filename).resolve()
-            if caller.is_relative_to(ROOT) and not caller.is_relative_to(ROOT / "tests"):
+            if caller.is_relative_to(ROOT) and not caller.is_relative_to(ROOT / "tests") \
+                    and not caller.is_relative_to(installed):
                 counts[_name] += 1
             return _real(self, *args, **kwargs)
         monkeypatch.setattr(torch.Tensor, name, counted)
