@@ -9,13 +9,13 @@ Each factory is the `_target_` of one YAML in `conf/prompt_fn/`:
 """
 from __future__ import annotations
 
-import csv
-import json
 import random
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from vader.io.tables import read_rows
 
 __all__ = ["PromptSource", "builtin", "text_file", "table", "nouns_activities"]
 
@@ -199,7 +199,7 @@ def _read_table(path: str, column: str, knob: str) -> list[str]:
                          f".csv, .json or .jsonl (for one prompt per line use prompt_fn=text_file)")
     p = _existing(path, knob, "a .csv, .json or .jsonl file")
     try:
-        rows = _table_rows(p, path, suffix)
+        rows = read_rows(p, path, "prompt table")
     except UnicodeDecodeError as err:
         raise _not_utf8(path, err) from None
     values = []
@@ -219,27 +219,3 @@ def _read_table(path: str, column: str, knob: str) -> list[str]:
         raise ValueError(f"prompt table '{path}' has no prompts (no rows, or column '{column}' "
                          f"is empty everywhere); point prompt_fn.{knob} at a table with prompts")
     return prompts
-
-
-def _table_rows(p: Path, path: str, suffix: str) -> list:
-    with p.open(encoding="utf-8-sig", newline="") as f:
-        if suffix == ".csv":
-            rows = list(csv.DictReader(f))
-        elif suffix == ".json":
-            try:
-                rows = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"prompt table '{path}' is not valid JSON: {e}") from None
-            if not isinstance(rows, list):
-                raise ValueError(f"prompt table '{path}' holds a JSON {type(rows).__name__}; "
-                                 f"expected a list of objects or a list of strings")
-        else:
-            rows = []
-            for i, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"prompt table '{path}' line {i} is not valid JSON: "
-                                         f"{e}") from None
-    return rows

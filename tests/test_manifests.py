@@ -1,0 +1,115 @@
+"""The video readers (vader/data/manifests.py) on small datasets the tests write in each published
+layout: the expected clips and pairs, and errors that name the columns found."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from vader.data import manifests
+from vader.data.manifests import Clip, Pair
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_folder_reads_each_video_with_its_caption(tmp_path):
+    for name in ("b.mp4", "a.webm", "notes.md"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "a.txt").write_text("a cat jumps\n")
+    assert manifests.folder(tmp_path) == [Clip(tmp_path / "a.webm", "a cat jumps"),
+                                          Clip(tmp_path / "b.mp4", "")]  # no caption: the loader counts it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="holds no videos"):
+        manifests.folder(empty)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_manifest_in_every_table_format(tmp_path, suffix):
+    rows = [{"path": "clips/1.mp4", "text": "a dog runs"}, {"path": "/abs/2.mp4", "text": " a car "}]
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".csv":
+        write_csv(path, rows)
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    clips = manifests.manifest(path, video_column="path", caption_column="text")
+    assert clips == [Clip(tmp_path / "clips/1.mp4", "a dog runs"), Clip(Path("/abs/2.mp4"), "a car")]
+    assert manifests.manifest(path, "path", "text", root="/data")[0].video == Path("/data/clips/1.mp4")
+
+
+def test_a_manifest_without_the_columns_names_those_it_has(tmp_path):
+    path = write_csv(tmp_path / "m.csv", [{"file": "1.mp4", "caption": "x"}])
+    with pytest.raises(ValueError, match=r"no column 'video'.*\['caption', 'file'\]"):
+        manifests.manifest(path)
+
+
+def test_webvid_csv(tmp_path):
+    path = write_csv(tmp_path / "results_2M_val.csv", [
+        {"videoid": "1066", "name": "Aerial shot of a lake", "page_dir": "006001_006050",
+         "duration": "PT00H00M16S", "contentUrl": "https://..."},
+        {"videoid": "77", "name": "A red car", "page_dir": "", "duration": "", "contentUrl": ""}])
+    clips = manifests.webvid(path, videos=tmp_path / "videos")
+    assert clips == [Clip(tmp_path / "videos/006001_006050/1066.mp4", "Aerial shot of a lake"),
+                     Clip(tmp_path / "videos/77.mp4", "A red car")]
+    bad = write_csv(tmp_path / "bad.csv", [{"video_id": "1", "caption": "x"}])
+    with pytest.raises(ValueError, match=r"no column 'videoid'.*\['caption', 'video_id'\]"):
+        manifests.webvid(bad)
+
+
+def test_msrvtt_one_clip_per_sentence_and_split(tmp_path):
+    info = {"videos": [{"video_id": "video0", "split": "train", "start time": 137.7},
+                       {"video_id": "video1", "split": "test"}],
+            "sentences": [{"video_id": "video0", "caption": "a man sings", "sen_id": 0},
+                          {"video_id": "video1", "caption": "a dog barks", "sen_id": 1},
+                          {"video_id": "video0", "caption": "someone performs", "sen_id": 2}]}
+    path = tmp_path / "videodatainfo.json"
+    path.write_text(json.dumps(info))
+    videos = tmp_path / "TrainValVideo"
+    assert manifests.msrvtt(path, videos, split="train") == [
+        Clip(videos / "video0.mp4", "a man sings"), Clip(videos / "video0.mp4", "someone performs")]
+    assert len(manifests.msrvtt(path, videos)) == 3
+    (tmp_path / "wrong.json").write_text(json.dumps({"annotations": []}))
+    with pytest.raises(ValueError, match=r"needs 'videos' and 'sentences'; found \['annotations'\]"):
+        manifests.msrvtt(tmp_path / "wrong.json")
+
+
+def test_activitynet_one_clip_per_sentence_with_its_timestamps(tmp_path):
+    data = {"v_QOlSCBRmfWY": {"duration": 82.73, "timestamps": [[0.83, 19.86], [17.37, 60.81]],
+                              "sentences": ["A young woman stands.", " She dances. "]}}
+    path = tmp_path / "val_1.json"
+    path.write_text(json.dumps(data))
+    video = tmp_path / "v_QOlSCBRmfWY.mp4"
+    assert manifests.activitynet(path) == [Clip(video, "A young woman stands.", 0.83, 19.86),
+                                           Clip(video, "She dances.", 17.37, 60.81)]
+    data["v_QOlSCBRmfWY"]["sentences"].pop()
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="2 timestamps for 1 sentences"):
+        manifests.activitynet(path)
+
+
+def test_pairs_with_and_without_weights(tmp_path):
+    path = write_csv(tmp_path / "pairs.csv", [
+        {"caption": "a cat", "win": "w/1.mp4", "lose": "l/1.mp4", "margin": "0.7"}])
+    assert manifests.pairs(path, "caption", "win", "lose", weight_column="margin") == [
+        Pair("a cat", tmp_path / "w/1.mp4", tmp_path / "l/1.mp4", 0.7)]
+    assert manifests.pairs(path, "caption", "win", "lose")[0].weight == 1.0
+    with pytest.raises(ValueError, match=r"no column 'prompt'.*\['caption', 'lose', 'margin', 'win'\]"):
+        manifests.pairs(path)
+
+
+def test_missing_files_and_wrong_formats_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv"):
+        manifests.manifest(tmp_path / "nope.csv")
+    (tmp_path / "m.txt").write_text("x")
+    with pytest.raises(ValueError, match="extension '.txt'"):
+        manifests.manifest(tmp_path / "m.txt")

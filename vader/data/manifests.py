@@ -1,0 +1,159 @@
+"""Where training videos come from: (video, caption) clips and (prompt, chosen, rejected) pairs,
+read from the layouts users bring. Readers list paths and text only; decoding, frame sampling and
+the accounting of unreadable files belong to the loader that consumes them.
+
+    folder(path)                       videos, each with a same-named .txt caption beside it
+    manifest(path, video_column=..., caption_column=...)   CSV, JSON (a list) or JSONL
+    webvid(path, videos=...)           WebVid's CSV: `videoid`, `name` (the caption), `page_dir`
+    msrvtt(path, videos=...)           MSR-VTT's videodatainfo.json: `videos` + `sentences`
+    activitynet(path, videos=...)      ActivityNet Captions: `timestamps` + `sentences` per video
+    pairs(path, prompt_column=..., chosen_column=..., rejected_column=...)   preference pairs
+
+Relative video paths are taken from the file's own folder unless `root` (or `videos`) says
+otherwise. A file without the columns asked for is refused with the columns it has.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vader.io.tables import TABLE_SUFFIXES, read_rows
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A video and its caption; `start`/`end` (seconds) when the caption covers only part."""
+
+    video: Path
+    caption: str
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prompt with a preferred (chosen) and a dispreferred (rejected) video."""
+
+    prompt: str
+    chosen: Path
+    rejected: Path
+    weight: float = 1.0
+
+
+def _existing(path: str | Path, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{what} '{path}' does not exist")
+    return p
+
+
+def _table(path: str | Path, what: str, columns: list[str]) -> list[dict]:
+    p = _existing(path, what)
+    if p.suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(f"{what} '{path}' has extension '{p.suffix}'; expected .csv, .json or .jsonl")
+    rows = read_rows(p, str(path), what)
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ValueError(f"{what} '{path}' row {i} is {row!r}; expected an object with the "
+                             f"columns {columns}")
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"{what} '{path}' has no column {missing[0]!r} (row {i}); the columns "
+                             f"found are {sorted(row)}: name the right ones with the reader's "
+                             "*_column settings")
+    return rows
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def folder(path: str | Path) -> list[Clip]:
+    """Every video file in `path` (sorted, not recursive) with the text of the .txt file of the
+    same name as its caption ("" where there is none: the loader counts empty captions)."""
+    p = _existing(path, "video folder")
+    if not p.is_dir():
+        raise ValueError(f"video folder '{path}' is a file; give a folder of videos with .txt captions")
+    clips = []
+    for video in sorted(v for v in p.iterdir() if v.suffix.lower() in VIDEO_SUFFIXES):
+        caption = video.with_suffix(".txt")
+        clips.append(Clip(video, caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""))
+    if not clips:
+        raise ValueError(f"video folder '{path}' holds no videos ({', '.join(VIDEO_SUFFIXES)})")
+    return clips
+
+
+def manifest(path: str | Path, video_column: str = "video", caption_column: str = "caption",
+             root: str | Path | None = None) -> list[Clip]:
+    """One clip per row of a CSV, JSON or JSONL file."""
+    base = Path(root) if root is not None else Path(path).parent
+    rows = _table(path, "video manifest", [video_column, caption_column])
+    return [Clip(base / _text(r[video_column]), _text(r[caption_column])) for r in rows]
+
+
+def webvid(path: str | Path, videos: str | Path | None = None) -> list[Clip]:
+    """WebVid's metadata CSV (`videoid`, `name` = the caption, `page_dir`, ...). A video is
+    `<videos>/<page_dir>/<videoid>.mp4` where the CSV has `page_dir` (the layout WebVid's own
+    download script writes), else `<videos>/<videoid>.mp4`."""
+    base = Path(videos) if videos is not None else Path(path).parent
+    rows = _table(path, "WebVid CSV", ["videoid", "name"])
+    return [Clip(base / _text(r.get("page_dir")) / f"{_text(r['videoid'])}.mp4"
+                 if _text(r.get("page_dir")) else base / f"{_text(r['videoid'])}.mp4",
+                 _text(r["name"])) for r in rows]
+
+
+def msrvtt(path: str | Path, videos: str | Path | None = None,
+           split: str | None = None) -> list[Clip]:
+    """MSR-VTT's `videodatainfo.json`: one clip per sentence (`sentences[].caption` of
+    `video_id`), the video `<videos>/<video_id>.mp4`; `split` ("train", "validate", "test")
+    keeps the videos of that split."""
+    p = _existing(path, "MSR-VTT file")
+    data = json.loads(p.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not {"videos", "sentences"} <= set(data):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"MSR-VTT file '{path}' needs 'videos' and 'sentences'; found {found}")
+    base = Path(videos) if videos is not None else p.parent
+    keep = {v["video_id"] for v in data["videos"] if split is None or v.get("split") == split}
+    return [Clip(base / f"{s['video_id']}.mp4", _text(s["caption"]))
+            for s in data["sentences"] if s["video_id"] in keep]
+
+
+def activitynet(path: str | Path, videos: str | Path | None = None) -> list[Clip]:
+    """ActivityNet Captions (`train.json`, `val_1.json`, ...): `{video id: {"timestamps":
+    [[start, end], ...], "sentences": [...]}}`, one clip per sentence covering its
+    timestamps, the video `<videos>/<video id>.mp4`."""
+    p = _existing(path, "ActivityNet Captions file")
+    data = json.loads(p.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"ActivityNet Captions file '{path}' holds a JSON {type(data).__name__}; "
+                         "expected an object keyed by video id")
+    base = Path(videos) if videos is not None else p.parent
+    clips = []
+    for video_id, entry in data.items():
+        if not isinstance(entry, dict) or not {"timestamps", "sentences"} <= set(entry):
+            found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise ValueError(f"ActivityNet Captions file '{path}', video {video_id!r}: needs "
+                             f"'timestamps' and 'sentences'; found {found}")
+        if len(entry["timestamps"]) != len(entry["sentences"]):
+            raise ValueError(f"ActivityNet Captions file '{path}', video {video_id!r}: "
+                             f"{len(entry['timestamps'])} timestamps for "
+                             f"{len(entry['sentences'])} sentences")
+        for (start, end), sentence in zip(entry["timestamps"], entry["sentences"]):
+            clips.append(Clip(base / f"{video_id}.mp4", _text(sentence), float(start), float(end)))
+    return clips
+
+
+def pairs(path: str | Path, prompt_column: str = "prompt", chosen_column: str = "chosen",
+          rejected_column: str = "rejected", weight_column: str | None = None,
+          root: str | Path | None = None) -> list[Pair]:
+    """One preference pair per row of a CSV, JSON or JSONL file; `weight_column` (optional) a
+    per-pair weight such as a score margin."""
+    base = Path(root) if root is not None else Path(path).parent
+    columns = [prompt_column, chosen_column, rejected_column, *([weight_column] if weight_column else [])]
+    rows = _table(path, "pairs file", columns)
+    return [Pair(_text(r[prompt_column]), base / _text(r[chosen_column]),
+                 base / _text(r[rejected_column]),
+                 float(r[weight_column]) if weight_column else 1.0) for r in rows]
