@@ -9,6 +9,6 @@ Hydra configs. The folders show the structure:
     algorithms/    one module per algorithm (reward_grad, grpo) and their losses
     sampling/      the differentiable sampler, the stochastic (log-probability) sampler, seeds
     evaluation/    paired base-vs-tuned evaluation, its statistics and gallery
-    data/, io/     prompts and their order; files and videos
+    data/, io/     prompts and their order, video manifests; tables, files and videos
     sweep.py, score.py   commands: `python -m vader.sweep`, `python -m vader.score`
 """
