@@ -253,7 +253,7 @@ def test_grpo_trains_and_logs(make_trainer, tmp_path):
 def test_an_update_makes_videos_with_positive_advantage_more_likely(make_trainer):
     """One update, then the same recorded steps re-evaluated: the log-probabilities moved with
     the advantages (measured correlation 0.96 on colorfulness at lr 1e-3)."""
-    trainer = make_trainer(*GRPO[:3], "train_batch_size=4", "algorithm.groups_per_step=2",
+    trainer = make_trainer(*GRPO[:2], "train_batch_size=4", "algorithm.groups_per_step=2",
                            "num_inference_steps=6", "algorithm.timestep_fraction=1.0", "lr=1e-3")
     trainer.setup()
     algo = trainer.algorithm
@@ -272,7 +272,8 @@ def test_an_update_makes_videos_with_positive_advantage_more_likely(make_trainer
 
 @pytest.mark.parametrize("same", [True, False])
 def test_same_noise_shares_a_groups_initial_noise_and_not_its_steps(make_trainer, same):
-    trainer = make_trainer(*GRPO, "algorithm.groups_per_step=2", f"algorithm.same_noise={same}")
+    trainer = make_trainer(*GRPO[:2], "algorithm.groups_per_step=2", "train_batch_size=2",
+                           f"algorithm.same_noise={same}")
     trainer.setup()
     algo = trainer.algorithm
     algo.plan(0)
