@@ -209,6 +209,7 @@ def test_each_video_trains_the_configured_fraction_of_its_steps(make_trainer, mo
     ("algorithm.timestep_fraction=0", "algorithm.timestep_fraction"),
     ("algorithm.timestep_fraction=1.5", "algorithm.timestep_fraction"),
     ("gradient_accumulation_steps=2", "gradient_accumulation_steps"),
+    ("num_inference_steps=1", "algorithm.exclude_final_step=false"),
 ])
 def test_bad_settings_name_the_key(make_trainer, override, key):
     with pytest.raises(ValueError, match=key):

@@ -166,7 +166,7 @@ class Algorithm(Protocol):
         """Raise ValueError naming the key, for settings this algorithm cannot run; called before
         any model is built."""
 
-    def check_models(self, backbone: Backbone, reward: Reward) -> None:
+    def check_models(self, cfg: Any, backbone: Backbone, reward: Reward) -> None:
         """Raise ValueError saying what to do if this algorithm cannot train this backbone on
         this reward (a reward without gradients, say); called once they are built, before they
         are moved to their device."""

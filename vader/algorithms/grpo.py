@@ -81,14 +81,11 @@ class GRPO:
                 "accumulates over every video and trained step of a step in one update; for a "
                 "bigger batch raise algorithm.groups_per_step (train_batch_size is the videos per "
                 "network call)")
-        self.cfg = cfg
 
-    def check_models(self, backbone: Backbone, reward: Reward) -> None:
-        scheduler = backbone.make_scheduler()
-        scheduler.set_timesteps(self.cfg.num_inference_steps)
-        step_kernel(scheduler, self.eta)  # raises, naming the fix, for a scheduler it cannot use
-        if len(self._eligible(scheduler, self.cfg.num_inference_steps)) == 0:
-            raise ValueError(f"num_inference_steps={self.cfg.num_inference_steps} leaves no step "
+    def check_models(self, cfg: Any, backbone: Backbone, reward: Reward) -> None:
+        _, kernel, timesteps = self._schedule(backbone, cfg.num_inference_steps)
+        if not self._eligible(kernel, timesteps):
+            raise ValueError(f"num_inference_steps={cfg.num_inference_steps} leaves no step "
                              "to train once the final one is excluded; raise it, or set "
                              "algorithm.exclude_final_step=false")
 
@@ -98,23 +95,35 @@ class GRPO:
         self.videos = self.group_size * self.groups_per_step  # per step, all processes
         self.local = self.videos // world
         self.first = run.accelerator.process_index * self.local  # this process's first video
+        # The schedule is the same every step: its step kernel, the steps that may be trained,
+        # and how many of them each video trains (int(fraction × eligible), at least 1).
+        self.scheduler, self.kernel, timesteps = self._schedule(run.backbone,
+                                                                run.cfg.num_inference_steps)
+        self.eligible = self._eligible(self.kernel, timesteps)
+        self.per_video = max(1, int(self.timestep_fraction * len(self.eligible)))
 
-    def _eligible(self, scheduler: Any, num_steps: int) -> list[int]:
+    def _schedule(self, backbone: Backbone, num_steps: int) -> tuple[Any, Any, torch.Tensor]:
+        """The backbone's scheduler set to `num_steps`, its stochastic step kernel (which raises,
+        naming the fix, for a scheduler it cannot use), and its timesteps."""
+        scheduler = backbone.make_scheduler()
+        scheduler.set_timesteps(num_steps)
+        return scheduler, step_kernel(scheduler, self.eta), scheduler.timesteps
+
+    def _eligible(self, kernel: Any, timesteps: torch.Tensor) -> list[int]:
         """Step indices that may be trained: those with a non-zero std (a step that draws no
         noise has no log-probability), less the final step when excluded."""
-        std = step_kernel(scheduler, self.eta).std(scheduler.timesteps)
-        steps = [i for i in range(num_steps) if std[i] > 0]
-        return steps[:-1] if self.exclude_final_step and steps and steps[-1] == num_steps - 1 \
-            else steps
+        steps = [i for i, std in enumerate(kernel.std(timesteps).tolist()) if std > 0]
+        final = len(timesteps) - 1
+        return steps[:-1] if self.exclude_final_step and steps and steps[-1] == final else steps
 
-    def trained_steps(self, step: int, video: int, epoch: int, eligible: list[int]) -> list[int]:
-        """The steps video `video` (of all processes, in this step) trains in `epoch`: a
-        `timestep_fraction` of the eligible ones (int(fraction × n), at least 1), drawn from the
-        seed, so every process and a resumed run draw the same."""
-        count = max(1, int(self.timestep_fraction * len(eligible)))
+    def trained_steps(self, step: int, video: int, epoch: int) -> list[int]:
+        """The steps video `video` (of all processes, in this step) trains in `epoch`:
+        `per_video` of the eligible ones, drawn from the seed, so every process and a resumed
+        run draw the same."""
         g = torch.Generator().manual_seed(generator_seed(
             f"{STEPS}:{epoch}", self.run.cfg.seed, step * self.videos + video))
-        return [eligible[int(i)] for i in torch.randperm(len(eligible), generator=g)[:count]]
+        order = torch.randperm(len(self.eligible), generator=g)[:self.per_video]
+        return [self.eligible[int(i)] for i in order]
 
     # --- the step --------------------------------------------------------------------------
     def plan(self, step: int) -> Plan:
@@ -144,23 +153,18 @@ class GRPO:
         self.all_advantages = advantages  # the same on every process
         self.advantages = advantages[self.first:self.first + self.local]
         kept_local = kept[self.first:self.first + self.local].nonzero().flatten().tolist()
-        scheduler = run.backbone.make_scheduler()
-        scheduler.set_timesteps(cfg.num_inference_steps)
-        eligible = self._eligible(scheduler, cfg.num_inference_steps)
-        per_video = max(1, int(self.timestep_fraction * len(eligible)))
-        total = int(kept.sum()) * per_video  # (video, step) terms in the objective, all processes
+        total = int(kept.sum()) * self.per_video  # (video, step) terms, all processes
         updates = []
         if total:  # otherwise no group had a signal: nothing to learn from this step
             scale = acc.num_processes / total  # DDP averages over processes: the mean over terms
             for epoch in range(self.inner_epochs):
-                steps = {v: self.trained_steps(step, self.first + v, epoch, eligible)
-                         for v in kept_local}
+                steps = {v: self.trained_steps(step, self.first + v, epoch) for v in kept_local}
                 items = [(chunk, [steps[v][j] for v in chunk], scale)
                          for lo in range(0, len(kept_local), cfg.train_batch_size)
                          for chunk in [kept_local[lo:lo + cfg.train_batch_size]]
-                         for j in range(per_video)]
+                         for j in range(self.per_video)]
                 # A process with nothing kept still joins the update's gradient all-reduce.
-                updates.append(items or [([0], [eligible[0]], 0.0)])
+                updates.append(items or [([0], [self.eligible[0]], 0.0)])
         # One copy to the host for every number of the step: each read waits for the device.
         info_keys = list(infos[0])
         info = torch.stack([torch.stack([torch.as_tensor(i[k], dtype=torch.float32, device=acc.device)
@@ -209,10 +213,7 @@ class GRPO:
         t = traj.timesteps[at]
         guided = cfg.guidance_scale > 1.0
         cond = select_cond(traj.cond, idx.to(traj.cond.device), guided)
-        scheduler = run.backbone.make_scheduler()
-        scheduler.set_timesteps(cfg.num_inference_steps)
-        kernel = step_kernel(scheduler, self.eta)
-        x_in = scheduler.scale_model_input(x, t)
+        x_in = self.scheduler.scale_model_input(x, t)  # DDIM's: stateless
         if self.beta > 0:
             # The reference: the same weights with the LoRA off, without gradients, through the
             # bare module (no DDP bookkeeping for a pass that trains nothing).
@@ -220,10 +221,10 @@ class GRPO:
             with torch.no_grad(), lora_disabled(bare):
                 ref_out = guided_prediction(run.backbone, bare, x_in, t.to(x.device), cond,
                                             cfg.guidance_scale, cfg.batch_cfg)
-                ref_mean, _ = kernel.gaussian(ref_out, t, x)
+                ref_mean, _ = self.kernel.gaussian(ref_out, t, x)
         out = guided_prediction(run.backbone, run.model, x_in, t.to(x.device), cond,
                                 cfg.guidance_scale, cfg.batch_cfg)
-        mean, std = kernel.gaussian(out, t, x)
+        mean, std = self.kernel.gaussian(out, t, x)
         new = log_prob(x_next, mean, std)
         old = traj.log_probs[at, idx]
         ratio = torch.exp(new - old)

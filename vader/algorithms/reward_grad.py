@@ -32,19 +32,17 @@ class RewardGradient:
     def check(self, cfg: Any, num_processes: int) -> None:
         check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,
                        cfg.backprop_step)
-        self.cfg = cfg
 
-    def check_models(self, backbone: Backbone, reward: Reward) -> None:
+    def check_models(self, cfg: Any, backbone: Backbone, reward: Reward) -> None:
         if not reward.differentiable:
             raise ValueError(f"reward {type(reward).__name__} is not differentiable, so reward-"
                              "gradient training cannot use it; use algorithm=grpo (no reward "
                              "gradient needed), or evaluate with only_val=True")
-        if hasattr(reward, "loss") and (self.cfg.loss.target is not None
-                                        or self.cfg.loss.grad_scale != 1):
+        if hasattr(reward, "loss") and (cfg.loss.target is not None or cfg.loss.grad_scale != 1):
             raise ValueError(f"{type(reward).__name__} shapes its own loss per part; set target "
                              "and grad_scale in reward_fn.parts.<name> instead of "
                              "loss.target/loss.grad_scale")
-        cfg = self.cfg
+        # Kept for forward_loss: the cutoff skips the steps that cannot depend on the model.
         self.dead_steps = dead_steps(backbone.make_scheduler, cfg.num_inference_steps)
         if cfg.backprop_mode == "specific" and \
                 set(range(cfg.backprop_step, cfg.num_inference_steps)) <= self.dead_steps:

@@ -75,7 +75,7 @@ class Trainer:
         check_frames(reward.frames, cfg.num_frames)
         if not cfg.only_val:
             algorithm.check(cfg, self.accelerator.num_processes)
-            algorithm.check_models(backbone, reward)
+            algorithm.check_models(cfg, backbone, reward)
         self.cfg, self.algorithm, self.backbone, self.reward, self.prompts = \
             cfg, algorithm, backbone, reward, prompts
         # The training reward first: evaluation reports it, then the others (generalisation).
