@@ -115,7 +115,11 @@ def test_kl_is_zero_with_the_lora_off_and_positive_with_it_on(make_trainer):
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
     algo = trainer.algorithm
     item = algo.plan(0).updates[0][0]
-    assert algo.loss(item).numbers["kl"].item() > 0
+    numbers = algo.loss(item).numbers
+    assert numbers["kl"].item() > 0
+    # On-policy the ratio is 1, so the logged policy loss is -mean(A), without the KL term.
+    expected = -algo.advantages[torch.tensor(item[0])].mean()
+    torch.testing.assert_close(numbers["policy_loss"], expected, rtol=0, atol=1e-5)
     with lora_disabled(trainer.model):
         assert algo.loss(item).numbers["kl"].item() == 0
     # the reference pass switched the LoRA off and on again: still on

@@ -229,10 +229,10 @@ class GRPO:
         old = traj.log_probs[at, idx]
         ratio = torch.exp(new - old)
         advantages = self.advantages[idx.to(self.advantages.device)]
-        per_video = ppo_clip_loss(advantages, ratio, self.clip_range)
-        kl = gaussian_kl(mean, ref_mean, std) if self.beta > 0 else torch.zeros_like(per_video)
-        per_video = per_video + self.beta * kl
-        numbers = {"policy_loss": per_video.detach().mean(), "ratio": ratio.detach().mean(),
+        policy = ppo_clip_loss(advantages, ratio, self.clip_range)
+        kl = gaussian_kl(mean, ref_mean, std) if self.beta > 0 else torch.zeros_like(policy)
+        per_video = policy + self.beta * kl
+        numbers = {"policy_loss": policy.detach().mean(), "ratio": ratio.detach().mean(),
                    "approx_kl": approx_kl(new.detach(), old),
                    "clip_frac": ((ratio.detach() - 1).abs() > self.clip_range).float().mean(),
                    "kl": kl.detach().mean()}
