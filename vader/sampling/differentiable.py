@@ -99,6 +99,14 @@ def make_noise(shape: tuple[int, ...], seeds: list[int], device: torch.device | 
     return torch.stack(noise).to(device=device, dtype=dtype)
 
 
+def step_noise(latents: torch.Tensor, step_seeds: list[int], index: int) -> torch.Tensor:
+    """The noise denoising step `index` adds to each video when it draws noise (DDIM with
+    eta > 0), from the video's step seed: the differentiable and the stochastic sampler draw it
+    here alike, so both give the same video from the same seeds."""
+    return make_noise(tuple(latents.shape), [generator_seed(ETA, s, index) for s in step_seeds],
+                      latents.device, latents.dtype, draw_on=latents.device)
+
+
 _compiled: dict[str, Any] = {}  # {"model": a module, "compiled": its torch.compile}
 
 
@@ -206,10 +214,8 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
                     raise compile_error(err) from err
             kwargs = {}
             if eta > 0:
-                kwargs = {"eta": eta, "variance_noise": make_noise(
-                    tuple(latents.shape),
-                    [generator_seed(ETA, s, i) for s in step_seeds or range(len(prompts))],
-                    latents.device, latents.dtype, draw_on=latents.device)}
+                kwargs = {"eta": eta, "variance_noise": step_noise(
+                    latents, step_seeds or list(range(len(prompts))), i)}
             latents = scheduler.step(out, t, latents, **kwargs).prev_sample
     return latents
 

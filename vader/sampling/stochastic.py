@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from vader.protocols import Backbone
-from vader.sampling.differentiable import conditioning, guided_prediction, make_noise
-from vader.sampling.seeds import ETA, generator_seed
+from vader.sampling.differentiable import conditioning, guided_prediction, step_noise
 
 
 class StepKernel(Protocol):
@@ -161,9 +160,7 @@ def rollout(backbone: Backbone, model: nn.Module, prompts: list[str], noise: tor
         out = guided_prediction(backbone, model, scheduler.scale_model_input(x, t), t, cond,
                                 guidance_scale, batch_cfg)
         mean, std = kernel.gaussian(out, t.expand(len(prompts)), x)
-        drawn = make_noise(tuple(x.shape), [generator_seed(ETA, s, i) for s in step_seeds],
-                           x.device, x.dtype, draw_on=x.device)
-        x = (mean + std * drawn).to(noise.dtype)
+        x = (mean + std * step_noise(x, step_seeds, i)).to(noise.dtype)
         latents.append(x)
         means.append(mean)
         stds.append(std.flatten())
