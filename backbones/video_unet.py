@@ -7,6 +7,8 @@ random tiny weights in tests and real checkpoints in training.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import torch
@@ -238,8 +240,13 @@ class VideoUNetBackbone:
         z = torch.cat(parts).float() * self.vae.config.scaling_factor
         return z.reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
 
+    @functools.cached_property
+    def _alphas_cumprod(self) -> torch.Tensor:
+        # The training schedule is fixed at construction; building a scheduler per batch is not.
+        return self.make_scheduler().alphas_cumprod
+
     def _alphas(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        alphas = self.make_scheduler().alphas_cumprod.to(like.device)[t.to(like.device).long()]
+        alphas = self._alphas_cumprod.to(like.device)[t.to(like.device).long()]
         return alphas.float().reshape(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
