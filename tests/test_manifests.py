@@ -107,6 +107,46 @@ def test_pairs_with_and_without_weights(tmp_path):
         manifests.pairs(path)
 
 
+def write_videodpo(folder: Path, pairs: list[dict]) -> Path:
+    """VideoDPO's layout as its writer leaves it: winner and loser clips side by side in
+    metadata.json, pair.json indexing them (video1 the winner)."""
+    folder.mkdir()
+    videos = [{"basic": {"clip_duration": 1.6, "clip_path": path, "globalidx": 1},
+               "misc": {"frame_caption": ["a cat"]}}
+              for path in ("winvideos/000001.mp4", "losevideos/000001.mp4", "/abs/000002.mp4")]
+    (folder / "metadata.json").write_text(json.dumps(videos))
+    (folder / "pair.json").write_text(json.dumps(pairs))
+    return folder
+
+
+def test_videodpo_video1_is_chosen_and_dupbeta_weights(tmp_path):
+    folder = write_videodpo(tmp_path / "vidpro", [
+        {"video1": 0, "video2": 1, "label": 0, "frame_caption": "a cat", "score": 0.36},
+        {"video1": 2, "video2": 0, "label": 0, "frame_caption": [" a dog ", "other"]}])
+    assert manifests.videodpo(folder) == [
+        Pair("a cat", folder / "winvideos/000001.mp4", folder / "losevideos/000001.mp4"),
+        Pair("a dog", Path("/abs/000002.mp4"), folder / "winvideos/000001.mp4")]
+    weighted = manifests.videodpo(folder, dupbeta=1.0)  # (0.72 / score) ** dupbeta, score 1 if absent
+    assert [p.weight for p in weighted] == pytest.approx([2.0, 0.72])
+
+
+def test_videodpo_errors_name_the_file_and_what_it_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"has no pair.json; found \['metadata.json'\]"):
+        (tmp_path / "a").mkdir()
+        (tmp_path / "a" / "metadata.json").write_text("[]")
+        manifests.videodpo(tmp_path / "a")
+    folder = write_videodpo(tmp_path / "b", [{"video1": 0, "win": 1, "frame_caption": "x"}])
+    with pytest.raises(ValueError, match=r"pair.json' pair 1 needs \['video1', 'video2', "
+                                         r"'frame_caption'\]; found \['frame_caption', 'video1', 'win'\]"):
+        manifests.videodpo(folder)
+    (folder / "pair.json").write_text(json.dumps([{"video1": 0, "video2": 3, "frame_caption": "x"}]))
+    with pytest.raises(ValueError, match="pair 1: video2 is 3; expected an index into metadata.json's 3"):
+        manifests.videodpo(folder)
+    (folder / "metadata.json").write_text(json.dumps([{"basic": {"path": "1.mp4"}}]))
+    with pytest.raises(ValueError, match=r"video 1 has no basic.clip_path; its basic is \['path'\]"):
+        manifests.videodpo(folder)
+
+
 def test_missing_files_and_wrong_formats_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         manifests.manifest(tmp_path / "nope.csv")

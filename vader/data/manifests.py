@@ -8,6 +8,7 @@ the accounting of unreadable files belong to the loader that consumes them.
     msrvtt(path, videos=...)           MSR-VTT's videodatainfo.json: `videos` + `sentences`
     activitynet(path, videos=...)      ActivityNet Captions: `timestamps` + `sentences` per video
     pairs(path, prompt_column=..., chosen_column=..., rejected_column=...)   preference pairs
+    videodpo(path)                     VideoDPO's folder: metadata.json + pair.json, video1 wins
 
 Relative video paths are taken from the file's own folder unless `root` (or `videos`) says
 otherwise. A file without the columns asked for is refused with the columns it has.
@@ -157,3 +158,75 @@ def pairs(path: str | Path, prompt_column: str = "prompt", chosen_column: str = 
     return [Pair(_text(r[prompt_column]), base / _text(r[chosen_column]),
                  base / _text(r[rejected_column]),
                  float(r[weight_column]) if weight_column else 1.0) for r in rows]
+
+
+def _json_list(p: Path, what: str, item: str, keys: list[str]) -> list[dict]:
+    try:
+        rows = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} '{p}' is not valid JSON: {e}") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{what} '{p}' holds a JSON {type(rows).__name__}; expected a list of "
+                         f"{item}s")
+    for i, row in enumerate(rows, 1):
+        found = sorted(row) if isinstance(row, dict) else type(row).__name__
+        if not isinstance(row, dict) or any(k not in row for k in keys):
+            raise ValueError(f"{what} '{p}' {item} {i} needs {keys}; found {found}")
+    return rows
+
+
+def videodpo(path: str | Path, dupbeta: float = 0.0) -> list[Pair]:
+    """VideoDPO's training folder, as CIntellifusion/VideoDPO reads it (`data/video_data.py`,
+    `TextVideo` and `TextVideoDPO`) and writes it (`OmniScore/metadata_pipe/
+    dpo_metadata_from_prompts.py`, `dump_VPD_metadata1`):
+
+        metadata.json  [{"basic": {"clip_path": "winvideos/000001.mp4", "clip_duration": 1.6},
+                         "misc": {"frame_caption": ["a cat"]}}, ...]
+        pair.json      [{"video1": 0, "video2": 1, "label": 0, "frame_caption": "a cat"}, ...]
+
+    `video1` and `video2` index metadata.json's list; video1 is the winner (their loader takes
+    it as `videow`, video2 as `videol`). The prompt is the pair's `frame_caption` (the first
+    item where it is a list), as their DPO loader takes it; a video is `<path>/<clip_path>` (an
+    absolute clip_path stays as it is). Their loader drops clips shorter than `clip_length`
+    (1 s) before indexing; their writer records every clip as 1.6 s, so nothing is dropped and
+    the indices are those of the list as written, which is how this reads them.
+    `dupbeta` > 0 weights a pair (0.72 / score) ** dupbeta from its `score` (1 where absent),
+    their `TextVideoDPO(dupbeta=...)` re-weighting; 0, their shipped config's value, weighs
+    every pair 1. One folder per call (their `META` list names several)."""
+    p = _existing(path, "VideoDPO folder")
+    if not p.is_dir():
+        raise ValueError(f"VideoDPO folder '{path}' is a file; give the folder holding "
+                         "metadata.json and pair.json")
+    for name in ("metadata.json", "pair.json"):
+        if not (p / name).is_file():
+            raise FileNotFoundError(f"VideoDPO folder '{path}' has no {name}; found "
+                                    f"{sorted(f.name for f in p.iterdir())}")
+    videos = _json_list(p / "metadata.json", "VideoDPO file", "video", ["basic"])
+    for i, v in enumerate(videos, 1):
+        if not isinstance(v["basic"], dict) or "clip_path" not in v["basic"]:
+            found = sorted(v["basic"]) if isinstance(v["basic"], dict) else v["basic"]
+            raise ValueError(f"VideoDPO file '{p / 'metadata.json'}' video {i} has no "
+                             f"basic.clip_path; its basic is {found}")
+    pairs_ = []
+    for i, pair in enumerate(_json_list(p / "pair.json", "VideoDPO file", "pair",
+                                        ["video1", "video2", "frame_caption"]), 1):
+        for key in ("video1", "video2"):
+            index = pair[key]
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(videos):
+                raise ValueError(f"VideoDPO file '{p / 'pair.json'}' pair {i}: {key} is "
+                                 f"{index!r}; expected an index into metadata.json's "
+                                 f"{len(videos)} videos")
+        prompt = pair["frame_caption"]
+        prompt = (prompt[0] if prompt else "") if isinstance(prompt, list) else prompt
+        weight = 1.0
+        if dupbeta:
+            score = pair.get("score", 1)
+            if isinstance(score, bool) or not isinstance(score, (int, float)) or not score > 0:
+                raise ValueError(f"VideoDPO file '{p / 'pair.json'}' pair {i}: score is {score!r}; "
+                                 "dupbeta weighting needs a positive number")
+            weight = (0.72 / score) ** dupbeta
+        chosen, rejected = (p / _text(videos[pair[k]]["basic"]["clip_path"])
+                            for k in ("video1", "video2"))
+        pairs_.append(Pair(_text(prompt), chosen, rejected, weight))
+    return pairs_
+
