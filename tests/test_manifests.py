@@ -147,6 +147,35 @@ def test_videodpo_errors_name_the_file_and_what_it_found(tmp_path):
         manifests.videodpo(folder)
 
 
+def test_pickapic_label_0_picks_the_chosen_and_drops_ties(tmp_path):
+    path = write_csv(tmp_path / "prefs.csv", [
+        {"caption": "a cat", "video_0": "a.mp4", "video_1": "b.mp4", "label_0": "1.0", "label_1": "0.0"},
+        {"caption": "a dog", "video_0": "c.mp4", "video_1": "d.mp4", "label_0": "0.0", "label_1": "1.0"},
+        {"caption": "a cow", "video_0": "e.mp4", "video_1": "f.mp4", "label_0": "0.5", "label_1": "0.5"}])
+    assert manifests.pickapic(path) == [Pair("a cat", tmp_path / "a.mp4", tmp_path / "b.mp4"),
+                                        Pair("a dog", tmp_path / "d.mp4", tmp_path / "c.mp4")]
+    rows = [{"prompt": "a cat", "left": "a.mp4", "right": "b.mp4", "first_wins": 0},
+            {"prompt": "a dog", "left": "c.mp4", "right": "d.mp4", "first_wins": 1},
+            {"prompt": "a cow", "left": "e.mp4", "right": "f.mp4", "first_wins": 0.5}]
+    (tmp_path / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    videos = Path("/videos")
+    assert manifests.pickapic(tmp_path / "prefs.jsonl", "prompt", "left", "right", "first_wins",
+                              root=videos) == [Pair("a cat", videos / "b.mp4", videos / "a.mp4"),
+                                               Pair("a dog", videos / "c.mp4", videos / "d.mp4")]
+
+
+@pytest.mark.parametrize("label", ["0.7", "", "yes"])
+def test_pickapic_refuses_other_labels_and_names_missing_columns(tmp_path, label):
+    path = write_csv(tmp_path / "prefs.csv", [
+        {"caption": "a", "video_0": "a.mp4", "video_1": "b.mp4", "label_0": "1"},
+        {"caption": "b", "video_0": "c.mp4", "video_1": "d.mp4", "label_0": label}])
+    with pytest.raises(ValueError, match=f"row 2: label_0 is '{label}'; expected 1"):
+        manifests.pickapic(path)
+    with pytest.raises(ValueError,
+                       match=r"no column 'jpg_0'.*\['caption', 'label_0', 'video_0', 'video_1'\]"):
+        manifests.pickapic(path, first_column="jpg_0")
+
+
 def test_missing_files_and_wrong_formats_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.csv"):
         manifests.manifest(tmp_path / "nope.csv")

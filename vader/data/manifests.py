@@ -9,6 +9,7 @@ the accounting of unreadable files belong to the loader that consumes them.
     activitynet(path, videos=...)      ActivityNet Captions: `timestamps` + `sentences` per video
     pairs(path, prompt_column=..., chosen_column=..., rejected_column=...)   preference pairs
     videodpo(path)                     VideoDPO's folder: metadata.json + pair.json, video1 wins
+    pickapic(path, label_column=...)   Pick-a-Pic-style rows: `caption`, `label_0`, two videos
 
 Relative video paths are taken from the file's own folder unless `root` (or `videos`) says
 otherwise. A file without the columns asked for is refused with the columns it has.
@@ -230,3 +231,33 @@ def videodpo(path: str | Path, dupbeta: float = 0.0) -> list[Pair]:
         pairs_.append(Pair(_text(prompt), chosen, rejected, weight))
     return pairs_
 
+
+def pickapic(path: str | Path, caption_column: str = "caption", first_column: str = "video_0",
+             second_column: str = "video_1", label_column: str = "label_0",
+             root: str | Path | None = None) -> list[Pair]:
+    """A CSV, JSON or JSONL table in Pick-a-Pic's convention (yuvalkirstain/pickapic_v2:
+    `caption`, `label_0`, `label_1`, `jpg_0`/`jpg_1`), two video paths in place of the images.
+    `label_0` is 1 where the first is preferred, 0 where the second is, 0.5 for a tie
+    (`label_1` = 1 - label_0 is not read): the reading of SalesforceAIResearch/DiffusionDPO
+    `train.py` (swaps the pair where label_0 == 0 so the winner comes first; drops labels not in
+    (0, 1) as "no-decisions") and of diffusers' `examples/research_projects/diffusion_dpo/
+    train_diffusion_dpo.py` (swaps where label_0 == 0, keeps ties with jpg_0 first). Ties are
+    dropped, as DiffusionDPO does, without a message: the caller counts them as the rows less
+    the pairs returned. Any other label is refused with its row."""
+    base = Path(root) if root is not None else Path(path).parent
+    rows = _table(path, "Pick-a-Pic file", [caption_column, first_column, second_column, label_column])
+    out = []
+    for i, r in enumerate(rows, 1):
+        value = r[label_column]
+        try:
+            label = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            label = None
+        if label not in (0.0, 0.5, 1.0):
+            raise ValueError(f"Pick-a-Pic file '{path}' row {i}: {label_column} is {value!r}; "
+                             "expected 1 (the first video preferred), 0 (the second) or 0.5 (a tie)")
+        if label == 0.5:
+            continue
+        first, second = base / _text(r[first_column]), base / _text(r[second_column])
+        out.append(Pair(_text(r[caption_column]), *((first, second) if label == 1.0 else (second, first))))
+    return out
