@@ -27,11 +27,25 @@ class LossConfig:
 
 
 @dataclass
+class DataConfig:
+    """How training videos become samples (SFT, DPO): docs/data.md."""
+    frame_stride: int = 1           # take every n-th native frame (ignored when fps is set)
+    fps: float | None = None        # or: sample the video at this frame rate
+    window: str = "random"          # random (a start drawn per clip) | central
+    short_videos: str = "skip"      # fewer frames than needed: skip | loop | pad
+    num_workers: int = 2            # DataLoader processes decoding and resizing (0: in the trainer)
+    cache: bool = True              # keep each clip's latents and each caption's embedding on disk
+    cache_dir: str | None = None    # null: <run dir>/cache; a shared folder reuses them across runs
+
+
+@dataclass
 class TrainConfig:
     algorithm: Any = MISSING
     backbone: Any = MISSING
     reward_fn: Any = MISSING
     prompt_fn: Any = MISSING
+    dataset: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
     num_steps: int = 40

@@ -1,6 +1,6 @@
-"""The order training prompts are drawn in: an endless stream, reshuffled every epoch from the
+"""The order training prompts (and videos) are drawn in: an endless stream, reshuffled every epoch from the
 seed, indexed by a global video number. A pure function of (seed, index), so every process
-and a resumed run agree on which prompt any video of any step gets."""
+and a resumed run agree on which prompt (or video) any sample of any step gets."""
 from __future__ import annotations
 
 import functools
@@ -14,7 +14,13 @@ def epoch_order(num_prompts: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(order)
 
 
+def item_at(num_items: int, seed: int, index: int) -> int:
+    """Which of `num_items` items is the `index`-th (from 0) of the stream: every item once per
+    epoch. Prompts and training videos (vader.data.loader) are drawn by it."""
+    epoch, pos = divmod(index, num_items)
+    return epoch_order(num_items, seed, epoch)[pos]
+
+
 def prompt_at(prompts: list[str], seed: int, index: int) -> str:
     """The `index`-th prompt (from 0) of the stream: every prompt once per epoch."""
-    epoch, pos = divmod(index, len(prompts))
-    return prompts[epoch_order(len(prompts), seed, epoch)[pos]]
+    return prompts[item_at(len(prompts), seed, index)]

@@ -14,6 +14,8 @@ TRAIN = "train"  # initial noise of training video `index` of the run seeded `se
 EVAL = "eval"  # initial noise of the evaluation seed `seed` (index 0), for base and tuned alike
 ETA = "eta"  # DDIM eta noise of denoising step `index` of the video whose noise seed is `seed`
 STEPS = "steps"  # which denoising steps GRPO trains, for training video `index` (+ ":<epoch>")
+WINDOW = "window"  # where a training clip's frames start (vader.data.loader)
+TIMESTEP = "timestep"  # the noise level and caption dropout of data sample `index` (SFT, DPO)
 
 
 def generator_seed(purpose: str, seed: int, index: int = 0) -> int:
