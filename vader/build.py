@@ -25,6 +25,7 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     if not settings.only_val:
         algorithm.check(settings, accelerator.num_processes)
     prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
+    data = None if settings.only_val else build_data(cfg, algorithm)
     # The backbone checks that every model part can be had before loading any of them, and
     # comes before the reward so a wrong path fails before any reward model loads.
     backbone = build(cfg.backbone)
@@ -32,7 +33,36 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     eval_rewards = {name: build(node) for name, node in eval_cfgs.items() if name != reward_name}
     return Trainer(settings, algorithm, backbone, build(cfg.reward_fn), prompts, run_dir,
                    accelerator, reward_name=reward_name, eval_rewards=eval_rewards,
-                   embed=make_embedder(settings.eval_embedding))
+                   embed=make_embedder(settings.eval_embedding), data=data)
+
+
+def build_data(cfg: DictConfig, algorithm: Any) -> list | None:
+    """The items of `cfg.dataset` (clips or preference pairs: vader.data.manifests), checked
+    against what the algorithm learns from (its `data`), before any model loads."""
+    from vader.data.manifests import Clip, Pair
+
+    kind, name = getattr(algorithm, "data", None), type(algorithm).__name__
+    if cfg.get("dataset") is None:
+        if kind is not None:
+            example = "dataset=folder dataset.path=clips/" if kind == "clips" else \
+                "dataset=pairs dataset.path=pairs.csv"
+            raise ValueError(f"{name} learns from {kind}: choose a dataset, e.g. {example} "
+                             "(every format: docs/data.md)")
+        return None
+    if kind is None:
+        raise ValueError(f"a dataset is set (dataset._target_={cfg.dataset.get('_target_')}), "
+                         f"but {name} learns from its own samples and reads none; remove "
+                         "dataset=..., or choose algorithm=sft (clips) or algorithm=dpo (pairs)")
+    items = build(cfg.dataset)
+    expected, other = (Clip, Pair) if kind == "clips" else (Pair, Clip)
+    if not items:
+        raise ValueError(f"the dataset ({cfg.dataset._target_}) lists no {kind}")
+    if not isinstance(items[0], expected):
+        fix = ("dataset=folder, manifest, webvid, msrvtt or activitynet" if kind == "clips"
+               else "dataset=pairs, videodpo or pickapic")
+        raise ValueError(f"{name} learns from {kind}, but {cfg.dataset._target_} lists "
+                         f"{'clips' if isinstance(items[0], Clip) else 'pairs'}; use {fix}")
+    return items
 
 
 def make_embedder(name: str):

@@ -123,6 +123,8 @@ class Run:
     train_prompts: list[str]
     accelerator: Any
     model: nn.Module
+    data: list[Any] | None = None  # the dataset's items (vader.data.manifests), if one is set
+    run_dir: Any = None            # the run's folder (the latent cache's default home)
 
 
 @dataclass
@@ -156,11 +158,19 @@ class Algorithm(Protocol):
     else: the optimizer, accumulation, clipping, skipping non-finite updates, checkpoints and
     resume, stop signals, evaluation and logging; an algorithm only sees `Run`.
 
-    `progress`: logged numbers the progress bar shows. Every random choice in `plan(step)`
-    derives from the seed and `step`, so a resumed run repeats exactly what an uninterrupted one
-    would do."""
+    `progress`: logged numbers the progress bar shows. `data`: what it learns from besides its
+    own samples: None, "clips" (captioned videos: `dataset=folder` ...) or "pairs" (preference
+    pairs); the build refuses a dataset of the wrong kind, or one given to an algorithm that reads
+    none. Every random choice in `plan(step)` derives from the seed and `step`, so a resumed run
+    repeats exactly what an uninterrupted one would do.
+
+    Optional, not members (the loop looks for them): `state_dict()` / `load_state_dict(state)`,
+    what the algorithm must carry across a resume (kept in the checkpoint's training state), and
+    `report()`, numbers for the run's summary (eval/summary.json, under "training").
+    """
 
     progress: tuple[str, ...]
+    data: str | None
 
     def check(self, cfg: Any, num_processes: int) -> None:
         """Raise ValueError naming the key, for settings this algorithm cannot run; called before

@@ -40,6 +40,7 @@ from vader.sampling.stochastic import (Trajectory, log_prob, rollout, select_con
 
 class GRPO:
     progress = ("reward", "clip_frac")
+    data = None  # learns from its own samples
 
     def __init__(self, group_size: int = 4, groups_per_step: int = 2, same_noise: bool = True,
                  eta: float = 1.0, clip_range: float = 1e-4, adv_clip_max: float = 5.0,

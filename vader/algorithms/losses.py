@@ -1,6 +1,7 @@
 """The algorithms' losses, as pure functions of tensors: reward shaping as VADER uses it
 (maximise the reward, or pull it to a target value with an L1 distance, times a gradient
-scale), and GRPO's advantages, clipped policy objective and KL terms."""
+scale), GRPO's advantages, clipped policy objective and KL terms, Diffusion-DPO's logit and
+loss, and Min-SNR weights."""
 from __future__ import annotations
 
 import torch
@@ -83,3 +84,20 @@ def implicit_accuracy(logit: torch.Tensor) -> torch.Tensor:
     """Share of pairs where the model prefers the chosen video more than the reference does;
     ties (logit exactly 0) count half, so a model equal to its reference scores 0.5."""
     return ((logit > 0).float() + 0.5 * (logit == 0).float()).mean()
+
+
+# --- supervised denoising (SFT) -------------------------------------------------------------
+
+def min_snr_weight(alphas_cumprod: torch.Tensor, gamma: float,
+                   prediction_type: str = "epsilon") -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, eq. 8 and its v form) for samples at noise
+    levels ᾱ_t: with SNR = ᾱ/(1 − ᾱ), min(SNR, γ)/SNR for an epsilon loss and
+    min(SNR, γ)/(SNR + 1) for a v loss, so every timestep weighs as an x0 loss clipped at γ."""
+    snr = alphas_cumprod.float() / (1 - alphas_cumprod.float())
+    clipped = snr.clamp(max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    raise ValueError(f"min-SNR weights for prediction_type={prediction_type!r}: epsilon and "
+                     "v_prediction are supported")

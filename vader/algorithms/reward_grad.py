@@ -28,6 +28,7 @@ from vader.sampling.seeds import TRAIN, generator_seed
 
 class RewardGradient:
     progress = ("loss", "reward")
+    data = None  # learns from its own samples
 
     def check(self, cfg: Any, num_processes: int) -> None:
         check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,

@@ -71,12 +71,14 @@ class MetricsLog:
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, base: float | None = None) -> Path | None:
     """Training reward per step and held-out reward at each evaluation, as a PNG; `base`, the
-    base model's held-out reward, as a dashed line to read the gain against."""
+    base model's held-out reward, as a dashed line to read the gain against. Algorithms that
+    train on data (SFT, offline DPO) have no training reward: only the held-out curve is drawn."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["step"], r["reward"]) for r in records if r.get("split") == "train"]
+    train = [(r["step"], r["reward"]) for r in records
+             if r.get("split") == "train" and "reward" in r]
     val = [(r["step"], r["val_reward"]) for r in records if r.get("split") == "val"]
     if not train and not val:
         return None

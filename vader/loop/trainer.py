@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, algorithm: Algorithm, backbone: Backbone, reward: Reward,
                  prompts: PromptSource, run_dir: Path | str, accelerator: Accelerator | None = None,
                  reward_name: str = "reward", eval_rewards: dict[str, Reward] | None = None,
-                 embed: Embedder = pixel_embedding):
+                 embed: Embedder = pixel_embedding, data: list | None = None):
         check_settings(cfg)
         self.accelerator = accelerator or make_accelerator(cfg, Path(run_dir))
         backbone.check_video(cfg.num_frames, cfg.height, cfg.width)
@@ -81,7 +81,7 @@ class Trainer:
         # The training reward first: evaluation reports it, then the others (generalisation).
         self.rewards = {reward_name: reward, **{k: v for k, v in (eval_rewards or {}).items()
                                                  if k != reward_name}}
-        self.reward_name, self.embed = reward_name, embed
+        self.reward_name, self.embed, self.data = reward_name, embed, data
         # Rewards that read a class from each prompt check every prompt now, on every process,
         # rather than failing on one process mid-run while the others wait in a collective.
         for name, r in self.rewards.items():  # evaluation rewards see held-out prompts only
@@ -120,7 +120,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(module, self.optimizer)
         if not cfg.only_val:
             self.algorithm.setup(Run(cfg, self.backbone, self.reward, list(self.prompts.train),
-                                     acc, self.model))
+                                     acc, self.model, data=self.data, run_dir=self.run_dir))
         mode = ckpt.resume_mode(cfg.resume)
         if mode == "path":
             folder = ckpt.resolve_lora_path(cfg.resume).parent
@@ -145,6 +145,8 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
         self.nonfinite.load_state_dict(state.get("nonfinite", {}))  # absent from older checkpoints
+        if hasattr(self.algorithm, "load_state_dict"):
+            self.algorithm.load_state_dict(state.get("algorithm", {}))
         if self.accelerator.scaler is not None and "scaler" in state:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
@@ -250,6 +252,8 @@ class Trainer:
     def final_evaluation(self) -> dict:
         """Base against tuned on every evaluation reward, written to eval/ with the gallery."""
         def log(summary: dict) -> None:
+            if hasattr(self.algorithm, "report"):  # e.g. the samples a dataset skipped, by reason
+                summary["training"] = self.algorithm.report()
             self._log_val(summary)
             if self.is_main:
                 plot_rewards(self.metrics.read(),
@@ -267,6 +271,8 @@ class Trainer:
             state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                      "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
                      "torch_rng": torch.get_rng_state(), "nonfinite": self.nonfinite.state_dict()}
+            if hasattr(self.algorithm, "state_dict"):
+                state["algorithm"] = self.algorithm.state_dict()
             if acc.scaler is not None:  # fp16: the loss scale it has found, and its growth count
                 state["scaler"] = acc.scaler.state_dict()
             return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
@@ -309,6 +315,11 @@ class Trainer:
         summary = self.final_evaluation()
         if self.is_main:
             print(headline(summary))
+            data = summary.get("training", {}).get("data")
+            if data:  # what a dataset gave, and what it could not (docs/data.md, "Bad data")
+                skipped = {k: v for k, v in data["skipped"].items() if v}
+                print(f"data: {data['loaded']} samples loaded; skipped: "
+                      + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none"))
             print(f"gallery: {self.run_dir / 'eval' / 'index.html'}")
         acc.end_training()
         key = f"reward/{self.reward_name}"
