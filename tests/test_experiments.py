@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from backbones.sizes import CONFIGS
@@ -14,6 +15,9 @@ from vader.build import build_trainer
 from vader.config import check_targets
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# VADER's runs carried over; the staged recipes (SFT or DPO, then GRPO) are tested on their own.
+VADER_RECIPES = [n for n in EXPERIMENTS if not n.startswith("staged_")]
+STAGED = [n for n in EXPERIMENTS if n.startswith("staged_")]
 VADER = json.loads((CONFIGS / "vader_recipes.json").read_text())
 
 
@@ -57,7 +61,7 @@ def compose_experiment(name: str, *overrides: str):
         return compose(config_name="train", overrides=[f"+experiment={name}", *overrides])
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", VADER_RECIPES)
 def test_recipe_builds_on_the_tiny_folders(name, tiny_folders, reward_folders, tmp_path):
     cfg = compose_experiment(name)
     check_targets(cfg)
@@ -73,7 +77,7 @@ def test_recipe_builds_on_the_tiny_folders(name, tiny_folders, reward_folders, t
 
 
 @pytest.mark.parametrize("name, reward", sorted(
-    {(n, r) for n in EXPERIMENTS for r in named_rewards(n)}
+    {(n, r) for n in VADER_RECIPES for r in named_rewards(n)}
     | {("vader_modelscope", "aesthetic_hps")}))  # VADER's own mix on VADER's ModelScope run
 def test_recipe_composes_with_every_reward_it_names(name, reward):
     assert named_rewards(name), f"{name}.yaml names no reward_fn in its header"
@@ -83,7 +87,7 @@ def test_recipe_composes_with_every_reward_it_names(name, reward):
         assert part.reward.frames == "random"  # VADER's decode_frame=-1, whatever the reward
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+@pytest.mark.parametrize("name", VADER_RECIPES)
 def test_recipe_reward_is_vaders_aesthetic_loss_on_squashed_frames(name):
     # Each header promises VADER's aesthetic loss |score - 10| * 0.1 on one random frame,
     # resized as VADER resizes it (squashed to 224x224, nothing cropped away).
@@ -119,3 +123,53 @@ def test_vader_modelscope_recipe_has_vaders_numbers():
     assert OmegaConf.select(cfg, "reward_fn.parts.aesthetic.reward.frames") == "random"  # decode_frame=-1
     assert cfg.lora_alpha / cfg.lora_rank == vader["lora"]["scale"]
     assert cfg.lora_dropout == vader["lora"]["dropout"]
+
+
+def header_commands(name: str) -> list[list[str]]:
+    """The `accelerate launch train.py ...` commands in a recipe's header, as argument lists."""
+    import shlex
+
+    lines = [line[1:].split("  #")[0].strip()
+             for line in (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()
+             if line.startswith("#")]
+    commands, pending = [], ""
+    for line in lines:
+        if pending or line.startswith("accelerate launch train.py"):
+            pending += " " + line.rstrip("\\")
+            if not line.endswith("\\"):
+                words = shlex.split(pending.split("train.py", 1)[1])
+                commands.append([w for w in words if "=" in w and not w.endswith("...")])
+                pending = ""
+    return commands
+
+
+def test_the_staged_recipe_runs_as_its_header_says(tmp_path, monkeypatch):
+    """Stage 1 (SFT) then stage 2 (GRPO) with the exact overrides of staged_1_sft.yaml's header,
+    shrunk: stage 2 finds stage 1's run directory where its lora_path says, and starts from the
+    LoRA stage 1 ended with."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.video_data import write_clip_folder
+    from vader.build import build_trainer
+
+    monkeypatch.chdir(tmp_path)
+    write_clip_folder(tmp_path / "clips", ["red", "green"])
+    sft, dpo, grpo = header_commands("staged_1_sft")
+    assert sft[0] == "+experiment=staged_1_sft" and dpo[0] == "+experiment=staged_1_dpo"
+    assert grpo[0] == "+experiment=staged_2_grpo"
+    small = [*TINY, "data.num_workers=0", "reward_fn=colorfulness"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        stage1 = compose(config_name="train", overrides=sft, return_hydra_config=True)
+        run_dir = tmp_path / "outputs" / stage1.hydra.job.override_dirname.replace("/", "_")
+        trainer = build_trainer(compose(config_name="train", overrides=[*sft, *small]), str(run_dir))
+        assert type(trainer.algorithm).__name__ == "SFT"
+        trainer.setup()
+        trainer.train()
+        stage2 = compose(config_name="train", overrides=[*grpo, *small])
+    lora = trainer.backbone.lora_state_dict()
+    second = build_trainer(stage2, str(tmp_path / "outputs" / "stage2"))
+    assert type(second.algorithm).__name__ == "GRPO"
+    second.setup()
+    got = second.backbone.lora_state_dict()
+    assert all(torch.equal(got[k], lora[k]) for k in lora)
+    assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)  # stage 1 trained
