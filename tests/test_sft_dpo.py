@@ -130,3 +130,20 @@ def test_resume_matches_uninterrupted(make_trainer, tmp_path, monkeypatch, clips
     check_resume_matches_uninterrupted(make_trainer, tmp_path, monkeypatch, *args[which],
                                        "num_steps=4", "checkpoint_every=2", "train_batch_size=2",
                                        "gradient_accumulation_steps=2")
+
+
+def test_online_dpo_same_noise_starts_a_group_from_one_noise(make_trainer, monkeypatch):
+    with pytest.raises(ValueError, match="algorithm.same_noise=true with eta=0.0"):
+        make_trainer("algorithm=dpo", "algorithm.pairs=online", "algorithm.same_noise=true")
+    trainer = make_trainer("algorithm=dpo", "algorithm.pairs=online", "algorithm.same_noise=true",
+                           "eta=1.0", "algorithm.group_size=3", "algorithm.groups_per_step=1",
+                           "train_batch_size=3")
+    trainer.setup()
+    import vader.algorithms.dpo as dpo
+    drawn = []
+    real = dpo.make_noise
+    monkeypatch.setattr(dpo, "make_noise", lambda shape, seeds, device: drawn.append(list(seeds))
+                        or real(shape, seeds, device))
+    pairs, _ = trainer.algorithm.online_pairs(0)
+    assert len(drawn) == 1 and len(set(drawn[0])) == 1  # one noise for the group's 3 videos
+    assert not torch.equal(pairs[0].videos[0], pairs[0].videos[1])  # the steps' noise differs

@@ -44,7 +44,7 @@ class DPO:
     progress = ("loss", "implicit_acc")
 
     def __init__(self, beta: float = 5000.0, pairs: str = "offline", group_size: int = 4,
-                 groups_per_step: int = 2):
+                 groups_per_step: int = 2, same_noise: bool = False):
         if beta <= 0:
             raise ValueError(f"algorithm.beta={beta}: use a positive β (the paper: 5000)")
         if pairs not in PAIRS:
@@ -56,12 +56,17 @@ class DPO:
             raise ValueError(f"algorithm.groups_per_step={groups_per_step}: use 1 or more")
         self.beta, self.pairs = beta, pairs
         self.group_size, self.groups_per_step = group_size, groups_per_step
+        self.same_noise = same_noise
         self.data = "pairs" if pairs == "offline" else None
         self.stream = None
 
     def check(self, cfg: Any, num_processes: int) -> None:
         if self.pairs == "offline":
             frame_rule(cfg)
+        elif self.same_noise and cfg.eta <= 0:
+            raise ValueError(f"algorithm.same_noise=true with eta={cfg.eta}: a group's videos "
+                             "would be identical (deterministic DDIM from the same noise); set "
+                             "eta > 0 (e.g. eta=1.0) or algorithm.same_noise=false")
         elif self.groups_per_step % num_processes:
             raise ValueError(f"algorithm.groups_per_step={self.groups_per_step} cannot be shared "
                              f"evenly by {num_processes} processes (each makes whole groups); make "
@@ -123,12 +128,16 @@ class DPO:
                        "dropped_groups": drop * acc.num_processes}
 
     def _sample_group(self, prompt: str, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each video's own seed draws its eta noise; its initial noise too, or, with
+        `same_noise`, the group's first seed does, so the videos differ by the steps' noise only
+        and the best and worst differ mostly in what the reward sees."""
         run, cfg, acc = self.run, self.run.cfg, self.run.accelerator
         latents, values = [], []
         for lo in range(0, len(seeds), cfg.train_batch_size):
             part = seeds[lo:lo + cfg.train_batch_size]
+            initial = [seeds[0]] * len(part) if self.same_noise else part
             noise = make_noise(run.backbone.latent_shape(len(part), cfg.num_frames, cfg.height,
-                                                         cfg.width), part, acc.device)
+                                                         cfg.width), initial, acc.device)
             with torch.no_grad(), acc.autocast():
                 z = sample(run.backbone, run.model, [prompt] * len(part), noise,
                            num_inference_steps=cfg.num_inference_steps,
