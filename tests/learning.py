@@ -74,14 +74,95 @@ SETTINGS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], list[str]]] = 
         lambda f: ["algorithm=grpo", "reward_fn=compressibility"],
         ["num_inference_steps=4", "algorithm.timestep_fraction=1.0", "algorithm.groups_per_step=4",
          "algorithm.same_noise=true", "train_batch_size=8", "num_steps=30", "lr=3e-3"]),
+    # SFT on captioned clips the tests write (coloured squares sliding right, tests/video_data.py);
+    # measured on held-out clips of the same colours at another speed (held_out_denoising).
+    "sft_heldout_loss": (
+        lambda f: ["algorithm=sft", "dataset=folder", f"dataset.path={f['clips']}",
+                   "reward_fn=colorfulness", "data.num_workers=0"],
+        ["num_steps=30", "lr=1e-2", "train_batch_size=4"]),
+    # Offline DPO on pairs whose chosen video has a bright background and the rejected one a dark
+    # one; measured on held-out pairs of other colours (held_out_accuracy).
+    "dpo_heldout_accuracy": (
+        lambda f: ["algorithm=dpo", "dataset=pairs", f"dataset.path={f['pairs']}",
+                   "reward_fn=colorfulness", "data.num_workers=0"],
+        ["num_steps=30", "lr=1e-2", "train_batch_size=4"]),
+    # Online DPO: each group's brightest and darkest own sample form the pair.
+    "dpo_online": (
+        lambda f: ["algorithm=dpo", "algorithm.pairs=online", "reward_fn=brightness"],
+        ["num_steps=20", "lr=1e-2", "algorithm.group_size=4", "algorithm.groups_per_step=2",
+         "train_batch_size=4"]),
 }
 
 
+def held_out_denoising(trainer, folders: dict[str, Path], draws: int = 8) -> tuple[float, float]:
+    """Minus the mean denoising error on the held-out clips (each at `draws` fixed noise levels
+    and noises), base (LoRA off) and tuned: higher is better, so a gain is a lower loss."""
+    from vader.algorithms.denoising import denoising_errors
+    from vader.data.clips import read_clip
+    from vader.data.manifests import folder
+    from vader.data.stream import frame_rule
+    from vader.evaluation.evaluate import lora_disabled
+
+    cfg, backbone, model = trainer.cfg, trainer.backbone, trainer.accelerator.unwrap_model(trainer.model)
+    rule = frame_rule(cfg)
+    clips = folder(folders["heldout_clips"])
+    frames = torch.stack([read_clip(c.video, rule.__class__(**{**rule.__dict__, "window": "central"}))
+                          for c in clips])
+    latents = backbone.encode((frames + 1) / 2).repeat_interleave(draws, 0)
+    cond = torch.cat([backbone.encode_prompts([c.caption]) for c in clips]).repeat_interleave(draws, 0)
+    g = torch.Generator().manual_seed(12345)
+    t = torch.linspace(50, 950, draws).long().repeat(len(clips))
+    noise = torch.randn(latents.shape, generator=g)
+    with torch.no_grad():
+        tuned = denoising_errors(backbone, model, latents, noise, t, cond).mean().item()
+        with lora_disabled(model):
+            base = denoising_errors(backbone, model, latents, noise, t, cond).mean().item()
+    return -base, -tuned
+
+
+def held_out_accuracy(trainer, folders: dict[str, Path], draws: int = 8) -> tuple[float, float]:
+    """Implicit accuracy on the held-out pairs, each at `draws` stream positions (noise and
+    timestep) no training sample used: base (exactly 0.5: every pair a tie) and tuned."""
+    from vader.algorithms.losses import diffusion_dpo_logit, implicit_accuracy
+    from vader.data.loader import LoaderSettings, VideoItems
+    from vader.data.manifests import pairs
+    from vader.data.stream import frame_rule
+
+    algo = trainer.algorithm
+    items = VideoItems(pairs(folders["heldout_pairs"]),
+                       LoaderSettings(frame_rule(trainer.cfg), seed=0, fixed_windows=True))
+    samples = [items[(10**9 + d * 1000 + i, i)] for i in range(len(items.items)) for d in range(draws)]
+    algo.stream._encode(samples)
+    with torch.no_grad():
+        e = algo.errors(samples)
+    logit = diffusion_dpo_logit(e["chosen"], e["chosen_ref"], e["rejected"], e["rejected_ref"],
+                                algo.beta)
+    return 0.5, implicit_accuracy(logit).item()
+
+
+# Settings whose outcome is not the held-out reward: name -> (trainer, folders) -> (before, after).
+MEASURES = {"sft_heldout_loss": held_out_denoising, "dpo_heldout_accuracy": held_out_accuracy}
+
+
+def write_datasets(root: Path) -> dict[str, Path]:
+    """The captioned clips and preference pairs of the data settings, and their held-out parts."""
+    from tests.video_data import write_clip_folder, write_pairs
+
+    train, held_out = ["red", "green", "blue", "yellow"], ["cyan", "magenta", "orange", "white"]
+    return {"clips": write_clip_folder(root / "clips", train, steps=(1, 3)),
+            "heldout_clips": write_clip_folder(root / "heldout_clips", train, steps=(2,)),
+            "pairs": write_pairs(root / "pairs", train),
+            "heldout_pairs": write_pairs(root / "heldout_pairs", held_out)}
+
+
 def reward_folders(root: Path, names: tuple[str, ...] = tuple(SETTINGS)) -> dict[str, Path]:
-    """The tiny random reward models the settings in `names` need, in their published layouts."""
+    """The tiny random reward models the settings in `names` need, in their published layouts,
+    and the datasets of the data settings (SFT, offline DPO)."""
     from tests import tiny_clip, tiny_video_models as tvm
 
     folders: dict[str, Path] = {}
+    if set(MEASURES) & set(names):
+        folders.update(write_datasets(root / "data"))
     if {"aesthetic", "clip_score", "pickscore"} & set(names):
         folders.update(tiny_clip.reward_folders(root / "clip"))
     if "hps" in names:
@@ -133,6 +214,8 @@ def train(name: str, folders: dict[str, Path], seed: int, run_dir: Path,
     trainer = build_trainer(cfg, str(run_dir))
     trainer.setup()
     result = trainer.train()
+    if name in MEASURES:
+        return Outcome(seed, *MEASURES[name](trainer, folders))
     return Outcome(seed, result["before"], result["after"])
 
 
