@@ -3,6 +3,7 @@ and SFT and DPO steps against a reward-gradient step of the same video size.
 
     python -m benchmarks.data_cost                        # tiny backbone, steps on 8x32x32 videos
     python -m benchmarks.data_cost --passes 5 --json outputs/data_cost.json
+    python -m benchmarks.data_cost --only plan steps       # skip the loading rows
     python -m benchmarks.data_cost --frames 16 --height 256 --width 256 \\
         --override backbone=modelscope backbone.pretrained=/models/ms
 
@@ -23,8 +24,9 @@ plan share whether an SFT step waits on data: `--steps` SFT steps (`--batch` cli
            epoch has filled the latent cache (cache on), or after 2 warm-up steps (cache off:
            every clip decoded by the workers and VAE-encoded in the step). Per step, the share
            of its time spent in `plan` (seconds - update_seconds of the step record: waiting
-           for the next batch, moving cached latents, encoding what the cache did not have);
-           the median over steps, and the clips encoded during the measured steps.
+           for the next batch, moving cached latents, encoding what the cache did not have),
+           and within it the wait for the loader's next micro-batches alone (`wait`); medians
+           over steps, and the clips encoded during the measured steps.
 step cost  one step of each algorithm in a fresh process after a warm-up step, at the same
            video size and `--batch`: reward gradients (K=1, `--batch` videos), SFT (`--batch`
            clips), DPO on pairs from the folder (`--batch` pairs: 2x`--batch` videos through the
@@ -154,13 +156,23 @@ def plan_share(args: argparse.Namespace, cache: bool) -> dict:
     for _ in range(warm):
         trainer.train_step()
     warm_seconds = time.perf_counter() - start
-    encoded = stream.encoded
+    encoded, waits, fetch = stream.encoded, [], stream._micro_batches
+
+    def timed(step: int):  # the wait for the loader's next micro-batches, within plan
+        begin = time.perf_counter()
+        out = fetch(step)
+        waits.append(time.perf_counter() - begin)
+        return out
+
+    stream._micro_batches = timed
     records = [trainer.train_step() for _ in range(args.steps)]
     plan = [r["seconds"] - r["update_seconds"] for r in records]
     return {"cache": cache, "warm_steps": warm, "warm_seconds": warm_seconds,
             "encoded_while_measured": stream.encoded - encoded,
             "step_seconds": statistics.median(r["seconds"] for r in records),
-            "plan_seconds": statistics.median(plan),
+            "update_seconds": statistics.median(r["update_seconds"] for r in records),
+            "plan_seconds": statistics.median(plan), "wait_seconds": statistics.median(waits),
+            "wait_share": statistics.median(w / r["seconds"] for w, r in zip(waits, records)),
             "plan_share": statistics.median(p / r["seconds"] for p, r in zip(plan, records)),
             "plan_share_range": [min(p / r["seconds"] for p, r in zip(plan, records)),
                                  max(p / r["seconds"] for p, r in zip(plan, records))]}
@@ -235,6 +247,8 @@ def main() -> None:
     ap.add_argument("--step-workers", type=int, default=2, help="steps: data.num_workers")
     ap.add_argument("--override", nargs="*", default=[], help="more config overrides (steps)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    ap.add_argument("--only", nargs="+", choices=["loading", "plan", "steps"],
+                    default=["loading", "plan", "steps"], help="the parts to run")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
     ap.add_argument("--folder", help=argparse.SUPPRESS)  # internal: the videos, for the cases
     ap.add_argument("--plan-share", help=argparse.SUPPRESS)  # internal: on|off, JSON to stdout
@@ -253,9 +267,11 @@ def main() -> None:
         start = time.perf_counter()
         write_videos(Path(args.folder), args)
         result = {"write_seconds": time.perf_counter() - start,
-                  "loading": loading(Path(args.folder), args),
-                  "plan_share": [in_fresh_process(args, "--plan-share", c) for c in ("on", "off")],
-                  "step_cost": {c: in_fresh_process(args, "--case", c) for c in CASES}}
+                  "loading": loading(Path(args.folder), args) if "loading" in args.only else [],
+                  "plan_share": [in_fresh_process(args, "--plan-share", c) for c in ("on", "off")
+                                 if "plan" in args.only],
+                  "step_cost": {c: in_fresh_process(args, "--case", c) for c in CASES
+                                if "steps" in args.only}}
     finally:
         shutil.rmtree(args.folder, ignore_errors=True)
     report(args, result)
@@ -267,38 +283,54 @@ def report(args: argparse.Namespace, result: dict) -> None:
           f"device {device} ({os.cpu_count()} cores, {args.threads} torch threads)")
     print(f"# {args.clips} written videos of {args.video_frames} frames at {args.video_size} "
           f"({result['write_seconds']:.1f} s to write)")
+    if result["loading"]:
+        print_loading(args, result["loading"])
+    video = f"{args.frames}x{args.height}x{args.width}"
+    if result["plan_share"]:
+        print_plan_share(args, result["plan_share"], video)
+    if result["step_cost"]:
+        print_step_cost(args, result["step_cost"], video)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "device": device, "torch": torch.__version__,
+                                         **result}, indent=2) + "\n")
+
+
+def print_loading(args: argparse.Namespace, rows: list[dict]) -> None:
     print(f"\n## loading: {args.load_frames} frames at stride 1 from a random window -> "
           f"{args.load_size}, cache off; median of {args.passes} passes after the first")
     print(f"{'source':>24} {'workers':>8} {'clips/s':>8} {'first s':>8}  passes s")
-    for r in result["loading"]:
+    for r in rows:
         print(f"{r['source']:>24} {r['workers']:>8} {r['clips_per_second']:>8.2f} "
               f"{r['first_pass_seconds']:>8.2f}  {' '.join(f'{s:.2f}' for s in r['pass_seconds'])}")
-    video = f"{args.frames}x{args.height}x{args.width}"
+
+
+def print_plan_share(args: argparse.Namespace, rows: list[dict], video: str) -> None:
     print(f"\n## plan share: SFT, {video}, {args.batch} clips a step, data.num_workers="
           f"{args.step_workers}, median over {args.steps} steps"
           + (f", overrides {' '.join(args.override)}" if args.override else ""))
-    print(f"{'cache':>6} {'step s':>7} {'plan s':>7} {'plan share':>11} {'range':>13} "
-          f"{'encoded':>8} {'warm-up':>16}")
-    for r in result["plan_share"]:
+    print(f"{'cache':>6} {'step s':>7} {'update s':>9} {'plan s':>7} {'plan share':>11} {'range':>13} "
+          f"{'wait s':>7} {'wait share':>11} {'encoded':>8} {'warm-up':>16}")
+    for r in rows:
         lo, hi = r["plan_share_range"]
-        print(f"{'on' if r['cache'] else 'off':>6} {r['step_seconds']:>7.3f} {r['plan_seconds']:>7.3f} "
-              f"{r['plan_share']:>11.1%} {f'{lo:.1%}-{hi:.1%}':>13} {r['encoded_while_measured']:>8} "
+        print(f"{'on' if r['cache'] else 'off':>6} {r['step_seconds']:>7.3f} {r['update_seconds']:>9.3f} "
+              f"{r['plan_seconds']:>7.3f} {r['plan_share']:>11.1%} {f'{lo:.1%}-{hi:.1%}':>13} "
+              f"{r['wait_seconds']:>7.3f} {r['wait_share']:>11.1%} {r['encoded_while_measured']:>8} "
               f"{r['warm_steps']:>4} steps {r['warm_seconds']:>5.1f} s")
+
+
+def print_step_cost(args: argparse.Namespace, rows: dict, video: str) -> None:
     print(f"\n## step cost: {video}, T={args.sampling_steps}; reward_grad {args.batch} videos, "
           f"sft {args.batch} clips, dpo {args.batch} pairs ({2 * args.batch} videos), dpo_online "
           f"{args.batch} groups of {args.group_size} sampled -> {args.batch} pairs")
     memory = "CUDA peak MiB" if torch.cuda.is_available() else "peak RSS MiB"
     print(f"{'':>12} {'step s':>7} {'plan s':>7} {'update s':>9} {'rollout s':>10} {'saved MiB':>10} "
           f"{memory:>14}")
-    for case, r in result["step_cost"].items():
+    for case, r in rows.items():
         rollout = f"{r['rollout_seconds']:>10.2f}" if r["rollout_seconds"] is not None else f"{'':>10}"
         print(f"{case:>12} {r['seconds']:>7.3f} {r['plan_seconds']:>7.3f} {r['update_seconds']:>9.3f} "
               f"{rollout} {r['saved_bytes'] / 2**20:>10.1f} {r['peak_bytes'] / 2**20:>14.1f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "device": device, "torch": torch.__version__,
-                                         **result}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
