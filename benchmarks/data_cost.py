@@ -262,34 +262,32 @@ def main() -> None:
         print(json.dumps(step_cost(args, args.case)))
         return
 
-    args.folder = tempfile.mkdtemp(prefix="vader-data-cost-")
-    try:
-        start = time.perf_counter()
-        write_videos(Path(args.folder), args)
-        result = {"write_seconds": time.perf_counter() - start,
-                  "loading": loading(Path(args.folder), args) if "loading" in args.only else [],
-                  "plan_share": [in_fresh_process(args, "--plan-share", c) for c in ("on", "off")
-                                 if "plan" in args.only],
-                  "step_cost": {c: in_fresh_process(args, "--case", c) for c in CASES
-                                if "steps" in args.only}}
-    finally:
-        shutil.rmtree(args.folder, ignore_errors=True)
-    report(args, result)
-
-
-def report(args: argparse.Namespace, result: dict) -> None:
     device = "cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  "
-          f"device {device} ({os.cpu_count()} cores, {args.threads} torch threads)")
-    print(f"# {args.clips} written videos of {args.video_frames} frames at {args.video_size} "
-          f"({result['write_seconds']:.1f} s to write)")
-    if result["loading"]:
-        print_loading(args, result["loading"])
+          f"device {device} ({os.cpu_count()} cores, {args.threads} torch threads)", flush=True)
     video = f"{args.frames}x{args.height}x{args.width}"
-    if result["plan_share"]:
-        print_plan_share(args, result["plan_share"], video)
-    if result["step_cost"]:
-        print_step_cost(args, result["step_cost"], video)
+    result: dict = {"loading": [], "plan_share": [], "step_cost": {}}
+    args.folder = tempfile.mkdtemp(prefix="vader-data-cost-")
+    try:  # each table is printed as soon as it is measured
+        start = time.perf_counter()
+        write_videos(Path(args.folder), args)
+        result["write_seconds"] = time.perf_counter() - start
+        print(f"# {args.clips} written videos of {args.video_frames} frames at {args.video_size} "
+              f"({result['write_seconds']:.1f} s to write)", flush=True)
+        if "loading" in args.only:
+            result["loading"] = loading(Path(args.folder), args)
+            print_loading(args, result["loading"])
+            sys.stdout.flush()
+        if "plan" in args.only:
+            result["plan_share"] = [in_fresh_process(args, "--plan-share", c) for c in ("on", "off")]
+            print_plan_share(args, result["plan_share"], video)
+            sys.stdout.flush()
+        if "steps" in args.only:
+            result["step_cost"] = {c: in_fresh_process(args, "--case", c) for c in CASES}
+            print_step_cost(args, result["step_cost"], video)
+            sys.stdout.flush()
+    finally:
+        shutil.rmtree(args.folder, ignore_errors=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
