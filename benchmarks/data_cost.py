@@ -10,7 +10,9 @@ and SFT and DPO steps against a reward-gradient step of the same video size.
 The script writes its own videos (`--clips` clips of `--video-frames` frames at `--video-size`,
 a panning random texture with fine noise, H.264 by `vader.io.video.save_video`, one `.txt`
 caption beside each, and `pairs.csv` pairing clip 2i with clip 2i+1) into a temporary folder,
-and deletes it at the end.
+and deletes it at the end. Each table is printed when its part is done. Run it on a quiet
+machine: on CPU cores shared with another job, torch's threads wait on each other and a step
+can take ten times as long.
 
 loading    clips/s through `vader.data.loader.VideoItems` and `make_loader` (decord decoding,
            cover-resize and centre crop; cache off) with `--workers` DataLoader processes,
