@@ -60,7 +60,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.grpo_cost import build, saved_for_backward, sync
+from benchmarks.grpo_cost import build, peak, saved_for_backward, sync
 
 CASES = ("reward_grad", "sft", "dpo", "dpo_online")
 
@@ -178,20 +178,6 @@ def plan_share(args: argparse.Namespace, cache: bool) -> dict:
             "plan_share": statistics.median(p / r["seconds"] for p, r in zip(plan, records)),
             "plan_share_range": [min(p / r["seconds"] for p, r in zip(plan, records)),
                                  max(p / r["seconds"] for p, r in zip(plan, records))]}
-
-
-def peak(fn):
-    """fn's result and its peak memory above what was held when it began (as grpo_cost.one_case)."""
-    from benchmarks.memory_vs_steps import RssPeak
-
-    if torch.cuda.is_available():
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        out = fn()
-        return out, torch.cuda.max_memory_allocated() - base
-    with RssPeak() as rss:
-        out = fn()
-    return out, rss.peak - rss.base
 
 
 def step_cost(args: argparse.Namespace, case: str) -> dict:

@@ -95,8 +95,6 @@ def sync() -> None:
 def one_case(args: argparse.Namespace) -> dict:
     """Run in a fresh process: a warm-up step, then the measured one (its seconds and its peak
     memory above what the process held when it began)."""
-    from benchmarks.memory_vs_steps import RssPeak
-
     name, _, steps = args.case.partition("@")  # e.g. "grpo:0.5@20": 20 sampling steps
     if name == "reward_grad":
         overrides = [f"train_batch_size={args.videos}", "backprop_steps=1"]
@@ -110,16 +108,6 @@ def one_case(args: argparse.Namespace) -> dict:
     trainer.train_step()
     sync()
 
-    def peak(fn):
-        if torch.cuda.is_available():
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            out = fn()
-            return out, torch.cuda.max_memory_allocated() - base
-        with RssPeak() as rss:
-            out = fn()
-        return out, rss.peak - rss.base
-
     saved = saved_for_backward(trainer) if name == "reward_grad" or not torch.cuda.is_available() \
         else None
     rollout_memory = None
@@ -130,6 +118,21 @@ def one_case(args: argparse.Namespace) -> dict:
     return {"seconds": record[key], "step_seconds": record["seconds"],
             "rollout_seconds": record.get("rollout_seconds"), "peak_bytes": memory,
             "rollout_peak_bytes": rollout_memory, "saved_bytes": saved}
+
+
+def peak(fn):
+    """fn's result and its peak memory above what was held when it began (CUDA: max allocated;
+    CPU: the resident set size, polled)."""
+    from benchmarks.memory_vs_steps import RssPeak
+
+    if torch.cuda.is_available():
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = fn()
+        return out, torch.cuda.max_memory_allocated() - base
+    with RssPeak() as rss:
+        out = fn()
+    return out, rss.peak - rss.base
 
 
 def saved_for_backward(trainer) -> int:
