@@ -11,6 +11,7 @@ settings live here, not in the test files, so the benchmark measures exactly wha
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,8 @@ def held_out_denoising(trainer, folders: dict[str, Path], draws: int = 8) -> tup
     cfg, backbone, model = trainer.cfg, trainer.backbone, trainer.accelerator.unwrap_model(trainer.model)
     rule = frame_rule(cfg)
     clips = folder(folders["heldout_clips"])
-    frames = torch.stack([read_clip(c.video, rule.__class__(**{**rule.__dict__, "window": "central"}))
-                          for c in clips])
+    central = dataclasses.replace(rule, window="central")
+    frames = torch.stack([read_clip(c.video, central) for c in clips])
     latents = backbone.encode((frames + 1) / 2).repeat_interleave(draws, 0)
     cond = torch.cat([backbone.encode_prompts([c.caption]) for c in clips]).repeat_interleave(draws, 0)
     g = torch.Generator().manual_seed(12345)

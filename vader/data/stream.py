@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from vader.data.cache import TensorCache, make_key
-from vader.data.clips import REASONS
+from vader.data.cache import TensorCache, encoder_identity, make_key
+from vader.data.clips import REASONS, FrameRule
 from vader.data.loader import (Failure, Item, LoaderSettings, Sample, StepBatches, VideoItems,
                                make_loader)
 from vader.protocols import Backbone
@@ -169,9 +169,6 @@ def training_data(run: Any) -> TrainingData:
     """The TrainingData of a run (vader.protocols.Run) from its settings: frames by the
     top-level num_frames/height/width and the `data` block, one micro-batch of
     `train_batch_size` per process per micro-step."""
-    from vader.data.cache import encoder_identity
-    from vader.data.clips import FrameRule
-
     cfg, data = run.cfg, run.cfg.data
     settings = LoaderSettings(
         frame_rule(cfg), cfg.seed, cache_root(data.cache, data.cache_dir, run.run_dir),
@@ -180,10 +177,8 @@ def training_data(run: Any) -> TrainingData:
                         cfg.gradient_accumulation_steps, data.num_workers)
 
 
-def frame_rule(cfg: Any) -> "FrameRule":
+def frame_rule(cfg: Any) -> FrameRule:
     """The frame-sampling rule of a run's settings; raises ValueError naming a bad `data.*` key."""
-    from vader.data.clips import FrameRule
-
     data = cfg.data
     if data.num_workers < 0:
         raise ValueError(f"data.num_workers={data.num_workers}: use 0 (decode in the trainer) or more")
