@@ -13,8 +13,9 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-# Object colours, RGB in [0, 1]: saturated and at least 0.6 apart from each other and from the
-# backgrounds, so a pixel's nearest colour is unambiguous away from anti-aliased edges.
+# Object colours, RGB in [0, 1]: saturated, at least 0.58 apart from each other and from the
+# backgrounds (green on gray is the closest), so a pixel's nearest colour is unambiguous away from
+# anti-aliased edges.
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.75, 0.15), "blue": (0.1, 0.25, 0.95),
            "yellow": (0.95, 0.85, 0.1), "magenta": (0.9, 0.15, 0.85), "cyan": (0.1, 0.85, 0.9)}
 BACKGROUNDS = {"black": (0.05, 0.05, 0.05), "gray": (0.5, 0.5, 0.5), "white": (0.95, 0.95, 0.95)}

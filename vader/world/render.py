@@ -59,8 +59,8 @@ def signed_distance(shape: str, px: torch.Tensor, py: torch.Tensor, size: torch.
     """Distance in pixels from the shape's edge (negative inside) at offsets (px, py) from its
     centre; `size` is the half-extent (the circle's radius, half the square's side, the
     triangle's half-height and half-base). Broadcasts."""
-    if shape == "circle":
-        return torch.sqrt(px ** 2 + py ** 2) - size
+    if shape == "circle":  # + 1e-12: a finite gradient at the centre itself (sqrt's is infinite)
+        return torch.sqrt(px ** 2 + py ** 2 + 1e-12) - size
     if shape == "square":
         return torch.maximum(px.abs(), py.abs()) - size
     if shape == "triangle":  # apex up at (0, −size), base from (−size, size) to (size, size)
