@@ -119,8 +119,11 @@ def _score(rewards: dict[str, Reward], frames: torch.Tensor, prompts: list[str],
         picks = [select_frames(reward.frames, frames.shape[1], random.Random(s)) for s in seeds]
         scored = torch.cat([f[None] if idx is None else f[None, idx] for f, idx in zip(frames, picks)])
         with accelerator.autocast():
-            values, _ = score(reward, scored, prompts, [random.Random(s) for s in seeds])
+            values, info = score(reward, scored, prompts, [random.Random(s) for s in seeds])
         scores[f"reward/{name}"] = values.float().cpu().tolist()
+        # A reward made of parts (the world judge's attributes) reports each per video too.
+        for part, per_video in info.get("per_video", {}).items():
+            scores[f"reward/{name}/{part}"] = per_video.float().cpu().tolist()
     return scores
 
 
@@ -179,7 +182,9 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
         bar.update(len(gathered))
     bar.close()
     rows.sort(key=lambda r: (r["prompt_index"], r["seed"], MODELS.index(r["model"])))
-    metric_keys = [f"reward/{name}" for name in rewards] + ["motion"]
+    metric_keys = [f"reward/{name}" for name in rewards]
+    metric_keys += [k for k in (rows[0] if rows else {}) if k.startswith("reward/") and k not in metric_keys]
+    metric_keys += ["motion"]
     summary = {"title": title, "checkpoint": checkpoint, "models": list(models),
                "rewards": list(rewards), "train_reward": next(iter(rewards)),
                "prompts": list(prompts), "seeds": list(seeds), "settings": settings(spec),
@@ -218,10 +223,11 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
 def headline(summary: dict[str, Any]) -> str:
     """One line per reward for the terminal: base and tuned means and the win rate."""
     lines = []
-    for name in summary["rewards"]:
-        key = f"reward/{name}"
+    first = summary["per_model"][summary["models"][0]]
+    for key in [k for name in summary["rewards"]
+                for k in (f"reward/{name}", *sorted(k for k in first if k.startswith(f"reward/{name}/")))]:
         stats = {m: summary["per_model"][m][key]["mean"] for m in summary["models"]}
-        text = f"held-out {name}: " + ", ".join(f"{m} {v:.4f}" for m, v in stats.items())
+        text = f"held-out {key[len('reward/'):]}: " + ", ".join(f"{m} {v:.4f}" for m, v in stats.items())
         cmp = summary["comparison"].get(key)
         if cmp:
             text += (f", tuned wins {cmp['win_rate']:.0%} [{cmp['ci_low']:.0%}, "
