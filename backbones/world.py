@@ -94,9 +94,10 @@ def world(weights: str | None = None, scheduler: str = "ddim", lora_rank: int = 
     """The pretrained world model from `weights` (a folder; null: the one shipped here)."""
     check_scheduler(scheduler)
     check_attention(attention)
-    parts, _ = load_parts(weights or SHIPPED)
+    parts, config = load_parts(weights or SHIPPED)
     return VideoUNetBackbone(
         name="world", **parts, scheduler_config=SCHEDULER_CONFIG, scheduler=scheduler,
+        scheduler_overrides={"prediction_type": config.get("prediction_type", "epsilon")},
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
         lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing,
         attention=attention, checkpoint_blocks=checkpoint_blocks)
