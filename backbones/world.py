@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from backbones.tiny import SCHEDULER_CONFIG, tiny_unet3d, tiny_vae
+from backbones.tiny import SCHEDULER_CONFIG, tiny_text_encoder, tiny_unet3d, tiny_vae
 from backbones.video_unet import VideoUNetBackbone, check_attention, check_scheduler
 
 SHIPPED = Path(__file__).resolve().parent / "weights" / "world"
@@ -39,23 +39,13 @@ def word_tokenizer(words: list[str], max_length: int) -> PreTrainedTokenizerFast
                                    pad_token="<pad>", unk_token="<unk>", model_max_length=max_length)
 
 
-def text_encoder(tokenizer: PreTrainedTokenizerFast, text_dim: int, seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
-    torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=2 * text_dim,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
-
-
 def build_parts(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """The untrained parts `config` describes (sizes, vocabulary), seeded like backbones/tiny.py."""
     tokenizer = word_tokenizer(config["vocabulary"], config["max_prompt_tokens"])
     vae = tiny_vae(seed + 2, tuple(config["vae_channels"]))
     vae.register_to_config(scaling_factor=config.get("scaling_factor", 1.0))
     return {"unet": tiny_unet3d(seed + 1, tuple(config["channels"]), config["text_dim"]), "vae": vae,
-            "text_encoder": text_encoder(tokenizer, config["text_dim"], seed), "tokenizer": tokenizer}
+            "text_encoder": tiny_text_encoder(seed, tokenizer, config["text_dim"]), "tokenizer": tokenizer}
 
 
 def save_parts(parts: dict[str, Any], config: dict[str, Any], folder: Path) -> None:
