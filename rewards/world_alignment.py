@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from rewards import check_frames, safe_sqrt
+from rewards import safe_sqrt
 from vader.world.grammar import ATTRIBUTES, BACKGROUNDS, COLOURS, MOTIONS, SHAPES, Scene, parse
-from vader.world.judge import (GROW_RATIO, MASK_THRESHOLD, STILL_DISPLACEMENT, check_prompts,
-                               fit_slope)
+from vader.world.judge import (GROW_RATIO, MASK_THRESHOLD, STILL_DISPLACEMENT, check_frame_choice,
+                               check_prompts, check_videos, fit_slope)
 from vader.world.render import DIRECTIONS, coverage
 
 # Soft object mask sigmoid((distance from the background - MASK_THRESHOLD) / MASK_SOFTNESS): the
@@ -61,9 +61,7 @@ class WorldAlignment:
     def __init__(self, frames: str | int = "all", background_weight: float = 1.0,
                  colour_weight: float = 1.0, shape_weight: float = 1.0,
                  motion_weight: float = 1.0) -> None:
-        if frames == "random":
-            raise ValueError("reward_fn.frames=random: the world rewards judge motion, which "
-                             "needs at least two frames; use all or n (every n-th)")
+        check_frame_choice(frames)
         self.frames = frames  # which frames the trainer decodes; see vader.protocols.Reward
         self.weights = {"background": background_weight, "colour": colour_weight,
                         "shape": shape_weight, "motion": motion_weight}
@@ -76,10 +74,7 @@ class WorldAlignment:
         check_prompts(prompts)
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
-        check_frames(frames, prompts)
-        if frames.shape[1] < 2:
-            raise ValueError(f"the world rewards need at least two frames to judge motion, got "
-                             f"{frames.shape[1]}")
+        check_videos(frames, prompts)
         parts = world_parts(frames.float(), [parse(p) for p in prompts])
         total = sum(self.weights.values())
         rewards = sum(w * parts[a] for a, w in self.weights.items()) / total

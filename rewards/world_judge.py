@@ -8,9 +8,8 @@ from typing import Any
 
 import torch
 
-from rewards import check_frames
 from vader.world.grammar import ATTRIBUTES
-from vader.world.judge import check_prompts, judge
+from vader.world.judge import check_frame_choice, check_prompts, check_videos, judge
 
 
 class WorldJudge:
@@ -26,9 +25,7 @@ class WorldJudge:
             raise ValueError(f"reward_fn.score={score!r}: choose all (1 if every attribute is "
                              "right) or attributes (the share of the four that are right)")
         self.score = score
-        if frames == "random":
-            raise ValueError("reward_fn.frames=random: the world rewards judge motion, which "
-                             "needs at least two frames; use all or n (every n-th)")
+        check_frame_choice(frames)
         self.frames = frames  # which frames the trainer decodes; see vader.protocols.Reward
 
     def check_prompts(self, prompts: list[str]) -> None:
@@ -36,10 +33,7 @@ class WorldJudge:
         check_prompts(prompts)
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
-        check_frames(frames, prompts)
-        if frames.shape[1] < 2:
-            raise ValueError(f"the world rewards need at least two frames to judge motion, got "
-                             f"{frames.shape[1]}")
+        check_videos(frames, prompts)
         verdicts = judge(frames, prompts)
         per_video = {a: verdicts[a].to(frames.device, torch.float32) for a in ATTRIBUTES}
         info: dict[str, Any] = {f"accuracy_{a}": v.mean() for a, v in per_video.items()}

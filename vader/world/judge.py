@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rewards import check_frames
 from vader.world.grammar import ATTRIBUTES, BACKGROUNDS, COLOURS, PATTERN, parse
 
 # A pixel belongs to the object when it is this far (RGB distance) from the background: half
@@ -236,3 +237,18 @@ def check_prompts(prompts: list[str]) -> None:
     if bad:
         raise ValueError(f"{len(bad)} of {len(set(prompts))} prompts are not from the shapes world: "
                          f"{bad}. Its prompts read {PATTERN}; use prompt_fn=world, or another reward")
+
+
+def check_frame_choice(frames: str | int) -> None:
+    """The world rewards' `frames` setting: motion needs several frames of each video."""
+    if frames == "random":
+        raise ValueError("reward_fn.frames=random: the world rewards judge motion, which "
+                         "needs at least two frames; use all or n (every n-th)")
+
+
+def check_videos(frames: torch.Tensor, prompts: list[str]) -> None:
+    """`rewards.check_frames`, and at least two frames per video (motion)."""
+    check_frames(frames, prompts)
+    if frames.shape[1] < 2:
+        raise ValueError(f"the world rewards need at least two frames to judge motion, got "
+                         f"{frames.shape[1]}")
