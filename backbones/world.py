@@ -48,12 +48,13 @@ def build_parts(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:
             "text_encoder": tiny_text_encoder(seed, tokenizer, config["text_dim"]), "tokenizer": tokenizer}
 
 
-def save_parts(parts: dict[str, Any], config: dict[str, Any], folder: Path) -> None:
-    """Write `model.safetensors` (float16: half the size; what is measured is what ships) and
-    `config.json` into `folder`."""
+def save_parts(states: dict[str, dict[str, torch.Tensor]], config: dict[str, Any],
+               folder: Path) -> None:
+    """Write `model.safetensors` from the state dicts of "unet", "vae" and "text_encoder" (in
+    float16: half the size; what is measured is what ships) and `config.json` into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {f"{name}.{k}": v.detach().to(torch.float16).contiguous()
-             for name in ("unet", "vae", "text_encoder") for k, v in parts[name].state_dict().items()}
+             for name in ("unet", "vae", "text_encoder") for k, v in states[name].items()}
     save_file(state, str(folder / "model.safetensors"))
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 

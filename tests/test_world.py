@@ -109,7 +109,7 @@ def test_world_weights_round_trip_and_a_missing_folder_says_how_to_make_one(tmp_
     config = {"channels": [32, 64], "vae_channels": [16, 32], "text_dim": 32, "max_prompt_tokens": 16,
               "vocabulary": vocabulary(), "scaling_factor": 0.7}
     parts = build_parts(config, seed=3)
-    save_parts(parts, config, tmp_path / "w")
+    save_parts({n: m.state_dict() for n, m in parts.items() if n != "tokenizer"}, config, tmp_path / "w")
     loaded, again = load_parts(tmp_path / "w")
     assert again == config and loaded["vae"].config.scaling_factor == 0.7
     for name in ("unet", "vae", "text_encoder"):
@@ -117,3 +117,22 @@ def test_world_weights_round_trip_and_a_missing_folder_says_how_to_make_one(tmp_
             assert k == k2 and torch.equal(v.half().float(), v2)  # stored in float16
     with pytest.raises(FileNotFoundError, match="vader.world pretrain --out"):
         load_parts(tmp_path / "nothing")
+
+
+def test_pretraining_writes_a_loadable_model_and_continuing_it_records_both_commands(tmp_path):
+    import json
+
+    from vader.world.pretrain import Settings, pretrain
+    folder = tmp_path / "w"
+    pretrain(folder, Settings(vae_steps=2, steps=2, vae_batch=8, batch=2))
+    with pytest.raises(ValueError, match="--vae-steps 0"):
+        pretrain(folder, Settings(vae_steps=2, steps=1, batch=2), init=folder)
+    config = pretrain(folder, Settings(vae_steps=0, steps=1, batch=2), init=folder)
+    first, second = [stage["command"] for stage in config["made"]["stages"]]
+    assert config["made"]["command"] == f"{first} && {second}"
+    assert f"--init {folder} --vae-steps 0 --steps 1" in second and "--init" not in first
+    saved = json.loads((folder / "config.json").read_text())  # strict JSON: no NaN
+    assert saved["made"]["stages"][1]["final_vae_loss"] is None
+    assert saved["prediction_type"] == "v_prediction"
+    parts, _ = load_parts(folder)
+    assert parts["vae"].config.scaling_factor == saved["scaling_factor"] != 1.0

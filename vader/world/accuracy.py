@@ -51,7 +51,8 @@ def accuracy(videos: torch.Tensor, prompts: list[str], num_seeds: int) -> dict[s
                               for a in (*ATTRIBUTES, "all")}
     result["motion"] = float(stats.motion(videos).mean())
     if num_seeds > 1:
-        embedded = stats.pixel_embedding(videos).reshape(-1, num_seeds, stats.pixel_embedding(videos[:1]).shape[-1])
+        embedded = stats.pixel_embedding(videos)
+        embedded = embedded.reshape(-1, num_seeds, embedded.shape[-1])
         result["diversity"] = sum(stats.diversity(e) for e in embedded) / len(embedded)
     result["videos"] = len(prompts)
     return result

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,7 +141,7 @@ def pretrain(out: Path, settings: Settings = Settings(), init: Path | None = Non
             raise ValueError("--init continues a model whose VAE is trained: give --vae-steps 0")
         parts, config = load_parts(init)
         earlier = config.get("made", {}).get("stages", [config.get("made")])
-        vae_loss, ceiling = float("nan"), config["made"].get("vae_ceiling")
+        vae_loss, ceiling = None, config["made"].get("vae_ceiling")  # no VAE trained here
     else:
         config = {"channels": list(settings.channels), "vae_channels": list(settings.vae_channels),
                   "text_dim": settings.text_dim, "max_prompt_tokens": settings.max_prompt_tokens,
@@ -197,41 +196,23 @@ def pretrain(out: Path, settings: Settings = Settings(), init: Path | None = Non
     with torch.no_grad():
         for e, p in zip(ema, trained):
             p.copy_(e)
-    parts = {"unet": _plain(backbone.unet), "vae": backbone.vae,
-             "text_encoder": backbone.text_encoder}
-    command = (f"python -m vader.world pretrain --out {out} --seed {settings.seed}"
-               + (f" --init {init}" if init is not None else "")
-               + "".join(f" --{k.replace('_', '-')} {v}" for k, v in _changed(settings).items()))
-    if earlier:
-        command = " && ".join([*(stage["command"] for stage in earlier), command])
-    config["made"] = {"command": command,
+    states = {"unet": plain_state(backbone.unet), "vae": backbone.vae.state_dict(),
+              "text_encoder": backbone.text_encoder.state_dict()}
+    own = (f"python -m vader.world pretrain --out {out} --seed {settings.seed}"
+           + (f" --init {init}" if init is not None else "")
+           + "".join(f" --{k.replace('_', '-')} {v}" for k, v in _changed(settings).items()))
+    config["made"] = {"command": " && ".join([*(stage["command"] for stage in earlier), own]),
                       "settings": {k: list(v) if isinstance(v, tuple) else v
                                    for k, v in asdict(settings).items()},
-                      "vae_seconds": round(vae_seconds, 1), "final_vae_loss": round(vae_loss, 5),
+                      "vae_seconds": round(vae_seconds, 1), "final_vae_loss": None if vae_loss is None else round(vae_loss, 5),
                       "vae_ceiling": ceiling,
                       "seconds": round(time.time() - start, 1), "torch": torch.__version__}
-    stage = {k: v for k, v in config["made"].items() if k != "stages"}
-    stage["command"] = command.split(" && ")[-1]
+    stage = {**config["made"], "command": own}
     config["made"]["stages"] = [*earlier, stage]
     config["made"]["total_seconds"] = round(sum(st["seconds"] for st in config["made"]["stages"]), 1)
-    save_parts(parts, config, Path(out))
+    save_parts(states, config, Path(out))
     (Path(out) / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     return config
-
-
-class _Plain(torch.nn.Module):
-    """Exposes `plain_state` as the state dict `save_parts` reads."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self._state = plain_state(module)
-
-    def state_dict(self, *args, **kwargs):  # noqa: D102
-        return self._state
-
-
-def _plain(module: torch.nn.Module) -> torch.nn.Module:
-    return _Plain(module)
 
 
 def _changed(settings: Settings) -> dict[str, Any]:
@@ -239,6 +220,3 @@ def _changed(settings: Settings) -> dict[str, Any]:
     return {k: v for k, v in asdict(settings).items()
             if k in ("vae_steps", "steps", "batch", "lr", "warmup") and v != getattr(default, k)}
 
-
-def steps_for_minutes(seconds_per_step: float, minutes: float) -> int:
-    return max(1, math.floor(minutes * 60 / seconds_per_step))
