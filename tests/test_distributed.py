@@ -42,10 +42,10 @@ def test_two_processes_match_one(tmp_path):
 
 
 def assert_ranks_match_one(two, one, share: float = 1e-3,
-                           most: float = 2e-3) -> dict[str, torch.Tensor]:
+                           most: float | None = 2e-3) -> dict[str, torch.Tensor]:
     """The LoRAs tests.ddp_worker wrote: both ranks of the two-process run hold the same weights,
     within float-order noise of the one-process run's (at most `share` of the elements off by
-    more than 1% of a step, none by more than `most`); returns rank 0's."""
+    more than 1% of a step, none by more than `most`, unless None); returns rank 0's."""
     rank0 = load_file(two / "lora_rank0.safetensors")
     rank1 = load_file(two / "lora_rank1.safetensors")
     single = load_file(one / "lora_rank0.safetensors")
@@ -61,5 +61,5 @@ def assert_ranks_match_one(two, one, share: float = 1e-3,
     moved = torch.cat([single[k].abs().flatten() for k in single])
     assert moved.max() > 1e-3  # it trained
     assert (diff > 1e-4).float().mean() < share, f"{int((diff > 1e-4).sum())} of {diff.numel()}"
-    assert diff.max() < most
+    assert most is None or diff.max() < most, f"{float(diff.max()):.2e}"
     return rank0

@@ -53,9 +53,11 @@ def test_two_processes_match_one(tmp_path, kind):
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          "-m", "tests.ddp_worker", str(two), "train_batch_size=1", *args], tmp_path)
     run([sys.executable, "-m", "tests.ddp_worker", str(one), "train_batch_size=2", *args], tmp_path)
-    # DPO multiplies the errors' float-order noise by β/2 (above).
-    # (measured at β 500: one element of 48,640 off by 22% of a step).
-    assert_ranks_match_one(two, one, *((1e-3, 2e-3) if kind == "sft" else (1e-2, 5e-3)))
+    # DPO multiplies the errors' float-order noise by β/2 (above), and Adam turns a noise-sized
+    # gradient into up to a whole step either way, so no bound on the largest difference holds
+    # for DPO (one element of 48,640 measured at 22% of a step here, at 133% on CI's machine);
+    # the share of elements off is what tells synchronised processes from unsynchronised ones.
+    assert_ranks_match_one(two, one, *((1e-3, 2e-3) if kind == "sft" else (1e-2, None)))
     records = [[r for r in map(json.loads, (d / "run" / "metrics.jsonl").read_text().splitlines())
                 if r["split"] == "train"] for d in (two, one)]
     # DPO's logit is β/2 times a difference of errors: the float-order noise between the runs'

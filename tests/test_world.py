@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from backbones.world import build_parts, load_parts, save_parts, word_tokenizer
+from vader.data.prompts import world as world_prompts
 from vader.world.grammar import (COLOURS, MOTIONS, SHAPES, Scene, heldout_sample, heldout_triple,
-                                 parse, prompt_source, scenes, vocabulary)
+                                 parse, scenes, vocabulary)
 from vader.world.render import render
 
 
@@ -43,9 +44,9 @@ def test_splits_hold_out_combinations_whose_parts_are_all_seen_in_training():
     sample = heldout_sample()
     assert len(sample) == 18 and all(heldout_triple(s.colour, s.shape, s.motion) for s in sample)
     assert {(s.shape, s.background) for s in sample} == set(itertools.product(SHAPES, ["black", "gray", "white"]))
-    source = prompt_source()
+    source = world_prompts()
     assert len(source.train) == 270 and len(source.val) == 18
-    assert len(prompt_source("all").val) == 54
+    assert len(world_prompts("all").val) == 54
 
 
 def test_render_is_a_pure_function_of_prompt_and_seed():

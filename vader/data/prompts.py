@@ -120,6 +120,17 @@ def nouns_activities(nouns: Sequence[str] | str, activities: Sequence[str] | str
                   "or add entries to prompt_fn.nouns / prompt_fn.activities")
 
 
+def world(val: str = "sample") -> PromptSource:
+    """The shapes world's prompts (vader/world/grammar.py): its 270 training prompts to train on,
+    prompts whose colour-shape-motion combination training never shows to evaluate on (`val`:
+    "sample", one per held-out combination, 18; or "all", 54)."""
+    from vader.world.grammar import heldout_sample, scenes  # the world is imported only if chosen
+    if val not in ("sample", "all"):
+        raise ValueError(f"prompt_fn.val={val!r}: choose sample (18 held-out prompts) or all (54)")
+    held = heldout_sample() if val == "sample" else scenes("heldout")
+    return PromptSource(train=[s.prompt for s in scenes("train")], val=[s.prompt for s in held])
+
+
 def _split(prompts: list[str], val_fraction: float, seed: int, source: str,
            other_fix: str) -> PromptSource:
     if not 0 < val_fraction < 1:

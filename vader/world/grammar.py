@@ -102,13 +102,3 @@ def heldout_sample() -> list[Scene]:
         motion = next(m for m in MOTIONS if heldout_triple(colour, shape, m))
         out.append(Scene(colour, shape, motion, list(BACKGROUNDS)[(i + i // 3) % len(BACKGROUNDS)]))
     return out
-
-
-def prompt_source(val: str = "sample"):
-    """`prompt_fn=world`: the training split to train on; held-out combinations to evaluate on
-    (`val`: "sample", one prompt per held-out combination, or "all" 54)."""
-    from vader.data.prompts import PromptSource
-    if val not in ("sample", "all"):
-        raise ValueError(f"prompt_fn.val={val!r}: choose sample (18 held-out prompts) or all (54)")
-    held = heldout_sample() if val == "sample" else scenes("heldout")
-    return PromptSource(train=[s.prompt for s in scenes("train")], val=[s.prompt for s in held])
