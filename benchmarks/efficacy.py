@@ -28,10 +28,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 # row -> (Hydra overrides, videos per optimizer step). Settings per algorithm: its conf/algorithm
-# defaults plus a budget-sized batch; not yet tuned or run (docs/world.md).
+# defaults plus a budget-sized batch (docs/world.md has a run's numbers).
 ROWS: dict[str, tuple[list[str], int]] = {
-    "reward_grad": (["algorithm=reward_grad", "reward_fn=world_alignment", "train_batch_size=2",
-                     "lr=5e-3"], 2),
+    # K=3: the world scheduler's last step (t=1) moves x0 by 4% of its v-prediction, so K=1 hardly
+    # reaches the model; lr 5e-3 (1e-2 and 2e-2 wiped out the background in 40 steps, docs/world.md).
+    "reward_grad": (["algorithm=reward_grad", "reward_fn=world_alignment", "backprop_steps=3",
+                     "lr=5e-3"], 1),
     "grpo": (["algorithm=grpo", "reward_fn=world_judge", "reward_fn.score=attributes", "algorithm.group_size=4",
               "algorithm.groups_per_step=2", "lr=3e-3"], 8),
     "dpo_online": (["algorithm=dpo", "algorithm.pairs=online", "reward_fn=world_judge", "reward_fn.score=attributes",
@@ -40,8 +42,8 @@ ROWS: dict[str, tuple[list[str], int]] = {
     "sft": (["algorithm=sft", "dataset=manifest", "train_batch_size=4", "lr=3e-3",
              "data.num_workers=0"], 4),
     # Reward hacking: colourfulness is not what the prompts ask for.
-    "hack_colorfulness": (["algorithm=reward_grad", "reward_fn=colorfulness", "train_batch_size=2",
-                           "lr=5e-3"], 2),
+    "hack_colorfulness": (["algorithm=reward_grad", "reward_fn=colorfulness", "backprop_steps=3",
+                           "lr=5e-3"], 1),
 }
 ATTRS = ("background", "colour", "shape", "motion", "all")
 
@@ -59,7 +61,8 @@ def build(row: str, seed: int, run_dir: Path, budget: int, data: Path | None):
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            *overrides, *extra, f"seed={seed}", f"num_steps={steps}", "val_every=100000",
+            "backbone=world", "prompt_fn=world", *overrides, *extra, f"seed={seed}",
+            f"num_steps={steps}", "val_every=100000", f"run_name={row}_seed{seed}",
             f"checkpoint_every={steps}", "eval_rewards=[]", "num_val_seeds=1"])
     accelerate.utils.set_seed(seed)
     trainer = build_trainer(cfg, str(run_dir))
@@ -74,8 +77,12 @@ def measure(trainer, num_seeds: int, base: bool = False) -> dict[str, Any]:
     set_lora_dropout(model, False)
     if base:
         with lora_disabled(model):
-            return heldout_accuracy(trainer.backbone, model, num_seeds)
-    return heldout_accuracy(trainer.backbone, model, num_seeds)
+            result = heldout_accuracy(trainer.backbone, model, num_seeds)
+    else:
+        result = heldout_accuracy(trainer.backbone, model, num_seeds)
+    # "videos" in a row is the training budget spent; the evaluation's count is another column
+    result["eval_videos"] = result.pop("videos")
+    return result
 
 
 def run_row(row: str, seed: int, budget: int, points: int, num_seeds: int, work: Path,

@@ -10,7 +10,8 @@ Prints one row per (setting, seed) and one summary row per setting: the mean and
 gain, and how many seeds improved. The settings are `tests.learning.SETTINGS` on the tiny random
 reward models of the tests (tests/tiny_*.py), so this measures exactly what the tests run.
 `--settings default_job` runs the README's main job itself (`python train.py seed=N`, about
-1.5 min a seed on 2 cores) and reads its held-out colorfulness from eval/summary.json.
+3 min a seed on 2 cores) and reads its held-out alignment from eval/summary.json: the world
+judge's accuracy averaged over the four attributes (docs/world.md).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_job(seed: int, run_dir: Path, *overrides: str):
-    """The README's main job with `seed`; its held-out colorfulness before and after."""
+    """The README's main job with `seed`; its held-out alignment before and after."""
     from tests.learning import Outcome
 
     proc = subprocess.run([sys.executable, "train.py", f"seed={seed}", f"hydra.run.dir={run_dir}",
@@ -38,8 +39,15 @@ def default_job(seed: int, run_dir: Path, *overrides: str):
     if proc.returncode:
         raise RuntimeError(f"train.py seed={seed} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    mean = {m: summary["per_model"][m]["reward/colorfulness"]["mean"] for m in ("base", "tuned")}
-    return Outcome(seed, mean["base"], mean["tuned"])
+    return Outcome(seed, *(attribute_accuracy(summary, m) for m in ("base", "tuned")))
+
+
+def attribute_accuracy(summary: dict, model: str) -> float:
+    """The world judge's held-out accuracy of `model` in an eval/summary.json, averaged over its
+    four attributes (the share of attributes right: the judge's `score=attributes`)."""
+    from vader.world.grammar import ATTRIBUTES
+    return statistics.fmean(summary["per_model"][model][f"reward/world_judge/{a}"]["mean"]
+                            for a in ATTRIBUTES)
 
 
 def main() -> None:

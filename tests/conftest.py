@@ -18,10 +18,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
+# The random tiny model, a weight-free reward and prompts of any words, in place of the default
+# job's world model, world reward and world prompts (docs/world.md): most tests are about the
+# machinery, not the world. Experiments choose their own backbone, so their tests use SIZES alone.
+TOY = ["backbone=tiny", "reward_fn=colorfulness", "prompt_fn=builtin"]
 # Small enough for seconds per run, big enough to exercise guidance, several steps and frames.
-TINY = ["num_frames=4", "height=16", "width=16", "num_inference_steps=3", "num_val_seeds=1",
-        "val_batch_size=4", "num_steps=2", "checkpoint_every=2", "val_every=100",
-        "run_name=test", "lr=1e-2", "video_format=gif"]
+SIZES = ["num_frames=4", "height=16", "width=16", "num_inference_steps=3", "num_val_seeds=1",
+         "val_batch_size=4", "num_steps=2", "checkpoint_every=2", "val_every=100",
+         "run_name=test", "lr=1e-2", "video_format=gif"]
+TINY = [*TOY, *SIZES]
 
 register_configs()
 

@@ -82,7 +82,7 @@ def compose_plain(*overrides: str):
 
 
 @pytest.mark.parametrize("overrides, lr, steps", [
-    ([], 5e-3, 10),                                  # the default (tiny) job keeps its numbers
+    ([], 5e-3, 10),                                  # the default (world) job keeps its numbers
     (["backbone=modelscope"], 2e-4, 25),             # VADER's, not the toy model's
     (["backbone=animatediff"], 2e-4, 25),
     (["backbone=animatediff_lightning"], 2e-4, 4),   # as many steps as the module was distilled for
@@ -115,7 +115,7 @@ def test_typo_on_command_line_fails_before_anything_is_built(tmp_path):
 def test_multirun_makes_one_complete_dir_per_job(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", "seed=1,2", "reward_fn=brightness,contrast",
-         *[o for o in TINY if not o.startswith(("run_name", "num_steps"))], "num_steps=1",
+         *[o for o in TINY if not o.startswith(("run_name", "num_steps", "reward_fn"))], "num_steps=1",
          f"hydra.sweep.dir={tmp_path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

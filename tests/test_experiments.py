@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from backbones.sizes import CONFIGS
-from tests.conftest import CONF, TINY, backbone_overrides
+from tests.conftest import CONF, SIZES, TINY, backbone_overrides
 from vader.build import build_trainer
 from vader.config import check_targets
 
@@ -68,7 +68,7 @@ def test_recipe_builds_on_the_tiny_folders(name, tiny_folders, reward_folders, t
     backbone = cfg.backbone._target_.split(".")[1]
     # The same recipe, shrunk and pointed at the tiny checkpoints: LoRA targets, scheduler,
     # sampling settings and its own reward must all suit the architecture.
-    small = compose_experiment(name, *backbone_overrides(backbone, tiny_folders), *TINY,
+    small = compose_experiment(name, *backbone_overrides(backbone, tiny_folders), *SIZES,
                                "mixed_precision=no", *reward_overrides(cfg, reward_folders))
     trainer = build_trainer(small, str(tmp_path))
     assert trainer.backbone.name == backbone

@@ -1,5 +1,5 @@
 """Training end to end in-process: only LoRA changes, resume is exact, only_val reproduces the
-final evaluation, and the default job improves the held-out reward."""
+final evaluation, and the default job improves held-out prompt alignment."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +13,12 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT
 
+
+# Held-out gains of the README's main job (accelerate launch train.py seed=N, 2026-12-06, 2 cores,
+# locked versions; docs/world.md): world_alignment 0.4804 -> 0.4963, 0.5196 (+0.016, +0.039) and
+# the judge's accuracy over the four attributes 0.597 -> 0.653, 0.653 (+0.056 both: 4 of the 72
+# verdicts) for seeds 0 and 1. The test runs seed 0 and asserts about half the smaller gain.
+DEFAULT_JOB_MARGINS = {"world_alignment": 0.008, "judge": 0.02}
 
 def test_only_lora_weights_change(make_trainer):
     trainer = make_trainer()
@@ -134,22 +140,24 @@ def test_only_val_reproduces_final_evaluation(make_trainer, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_job_improves_held_out_reward(tmp_path):
-    """The README's main job, unchanged except for where it writes."""
+def test_default_job_improves_held_out_alignment(tmp_path):
+    """The README's main job, unchanged except for where it writes: the pretrained world model
+    aligned with the differentiable world reward (docs/world.md)."""
+    from benchmarks.learning_margins import attribute_accuracy
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "train.py", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = proc.stdout.split("held-out colorfulness: base")[1].splitlines()[0]
-    before, after = float(line.split(",")[0]), float(line.split("tuned")[1].split(",")[0])
-    # A margin, not a sign: held-out colorfulness before -> after for seeds 0-3 of this job
-    # (python -m benchmarks.learning_margins --settings default_job --seeds 0 1 2 3, locked
-    # versions, 2026-11-30): 0.3400 -> 0.4441, 0.4431, 0.4577, 0.4515 (gains +0.103 to +0.118),
-    # and the same to four decimals for seeds 0-1 with the newest versions (torch 2.15.0).
-    assert after > before + 0.05, (before, after)
-    assert "(tuned)" in line, line  # the win-rate interval excludes a tie
+    for part in ("background", "colour", "shape", "motion"):  # the judge's accuracy, printed
+        assert f"held-out world_judge/{part}: base" in proc.stdout, proc.stdout[-3000:]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    soft = {m: summary["per_model"][m]["reward/world_alignment"]["mean"] for m in ("base", "tuned")}
+    judged = {m: attribute_accuracy(summary, m) for m in ("base", "tuned")}
+    # Margins, not signs (DEFAULT_JOB_MARGINS).
+    assert soft["tuned"] > soft["base"] + DEFAULT_JOB_MARGINS["world_alignment"], soft
+    assert judged["tuned"] > judged["base"] + DEFAULT_JOB_MARGINS["judge"], judged
     assert (tmp_path / "checkpoints" / "step_000040" / "pytorch_lora_weights.safetensors").is_file()
-    assert len(list((tmp_path / "eval" / "videos" / "tuned").glob("*.mp4"))) == 8  # video_format
+    assert len(list((tmp_path / "eval" / "videos" / "tuned").glob("*.mp4"))) == 18  # video_format
     assert list((tmp_path / "eval" / "videos" / "tuned").glob("*.gif")) == []
     assert (tmp_path / "eval" / "index.html").is_file()
