@@ -65,12 +65,13 @@ def test_a_sweep_compares_the_algorithms(tmp_path):
 @pytest.mark.slow
 def test_grpo_raises_the_held_out_mean_of_a_reward_without_gradients(tmp_path):
     """Setting `grpo_no_gradient` (tests/learning.py): brightness computed under no_grad and
-    declared not differentiable, 30 GRPO steps of 16 videos. Held-out brightness gains measured
+    declared not differentiable, 15 GRPO steps of 16 videos. Held-out brightness gains measured
     with `python -m benchmarks.learning_margins --settings grpo_no_gradient --seeds 0 1 2 3`
-    (torch 2.14.1, 2 threads, 2026-12-01): base 0.5112 -> +0.0295, +0.0271, +0.0205, +0.0230
-    (mean +0.0250, all 4 improved); asserted: a majority of seeds 0-2 and a mean gain of 0.01."""
+    (torch 2.14.1, 2 threads, 2026-12-06): base 0.5112 -> +0.0114, +0.0171, +0.0206, +0.0162
+    (mean +0.0163, all 4 improved; 30 steps gave +0.0295, +0.0271, +0.0205, +0.0230 at 2.5x the
+    time); asserted: a majority of seeds 0-2 and a mean gain of 0.006, half the smallest."""
     outcomes = [train("grpo_no_gradient", {}, seed, tmp_path / f"seed{seed}") for seed in SEEDS]
-    assert_learns(outcomes, min_mean_gain=0.01)
+    assert_learns(outcomes, min_mean_gain=0.006)
 
 
 def test_a_nan_reward_skips_the_grpo_update_on_the_common_path(make_trainer):
