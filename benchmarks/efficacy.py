@@ -16,6 +16,7 @@ measured by this run; docs/world.md records a run's table with its date and mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import os
@@ -30,10 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # row -> (Hydra overrides, videos per optimizer step). Settings per algorithm: its conf/algorithm
 # defaults plus a budget-sized batch (docs/world.md has a run's numbers).
 ROWS: dict[str, tuple[list[str], int]] = {
-    # K=3: the world scheduler's last step (t=1) moves x0 by 4% of its v-prediction, so K=1 hardly
-    # reaches the model; lr 5e-3 (1e-2 and 2e-2 wiped out the background in 40 steps, docs/world.md).
-    "reward_grad": (["algorithm=reward_grad", "reward_fn=world_alignment", "backprop_steps=3",
-                     "lr=5e-3"], 1),
+    # K=3 comes from conf/backbone_defaults/world.yaml; lr 5e-3 (1e-2 and 2e-2 wiped out the
+    # background in 40 steps, docs/world.md).
+    "reward_grad": (["algorithm=reward_grad", "reward_fn=world_alignment", "lr=5e-3"], 1),
     "grpo": (["algorithm=grpo", "reward_fn=world_judge", "reward_fn.score=attributes", "algorithm.group_size=4",
               "algorithm.groups_per_step=2", "lr=3e-3"], 8),
     "dpo_online": (["algorithm=dpo", "algorithm.pairs=online", "reward_fn=world_judge", "reward_fn.score=attributes",
@@ -42,8 +42,7 @@ ROWS: dict[str, tuple[list[str], int]] = {
     "sft": (["algorithm=sft", "dataset=manifest", "train_batch_size=4", "lr=3e-3",
              "data.num_workers=0"], 4),
     # Reward hacking: colourfulness is not what the prompts ask for.
-    "hack_colorfulness": (["algorithm=reward_grad", "reward_fn=colorfulness", "backprop_steps=3",
-                           "lr=5e-3"], 1),
+    "hack_colorfulness": (["algorithm=reward_grad", "reward_fn=colorfulness", "lr=5e-3"], 1),
 }
 ATTRS = ("background", "colour", "shape", "motion", "all")
 
@@ -75,10 +74,7 @@ def measure(trainer, num_seeds: int, base: bool = False) -> dict[str, Any]:
     from vader.world.accuracy import heldout_accuracy
     model = trainer.accelerator.unwrap_model(trainer.model)
     set_lora_dropout(model, False)
-    if base:
-        with lora_disabled(model):
-            result = heldout_accuracy(trainer.backbone, model, num_seeds)
-    else:
+    with lora_disabled(model) if base else contextlib.nullcontext():
         result = heldout_accuracy(trainer.backbone, model, num_seeds)
     # "videos" in a row is the training budget spent; the evaluation's count is another column
     result["eval_videos"] = result.pop("videos")
@@ -135,12 +131,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines = ["| row | seeds | videos | " + " | ".join(f"{a} before → after" for a in ATTRS)
              + " | motion before → after | diversity before → after | train s |",
              "|---" * (7 + len(ATTRS)) + "|"]
+
+    def mean(rs, k):  # nan where nothing was measured (diversity needs 2+ seeds a prompt)
+        values = [r[k] for r in rs if r.get(k) is not None]
+        return statistics.fmean(values) if values else float("nan")
+
     for name in dict.fromkeys(r["row"] for r in rows):
         mine = [r for r in rows if r["row"] == name]
         seeds = sorted({r["seed"] for r in mine})
         first = [min((r for r in mine if r["seed"] == s), key=lambda r: r["videos"]) for s in seeds]
         last = [max((r for r in mine if r["seed"] == s), key=lambda r: r["videos"]) for s in seeds]
-        mean = lambda rs, k: statistics.fmean(r[k] for r in rs if r.get(k) is not None)  # noqa: E731
         cells = [f"{mean(first, f'accuracy/{a}'):.3f} → {mean(last, f'accuracy/{a}'):.3f}" for a in ATTRS]
         cells += [f"{mean(first, k):.4f} → {mean(last, k):.4f}" for k in ("motion", "diversity")]
         lines.append(f"| {name} | {','.join(map(str, seeds))} | {last[0]['videos']} | "
