@@ -20,6 +20,7 @@ from tests.conftest import ROOT
 # verdicts) for seeds 0 and 1. The test runs seed 0 and asserts about half the smaller gain.
 DEFAULT_JOB_MARGINS = {"world_alignment": 0.008, "judge": 0.02}
 
+
 def test_only_lora_weights_change(make_trainer):
     trainer = make_trainer()
     frozen = trainer.backbone.frozen_state_dict()
@@ -144,12 +145,13 @@ def test_default_job_improves_held_out_alignment(tmp_path):
     """The README's main job, unchanged except for where it writes: the pretrained world model
     aligned with the differentiable world reward (docs/world.md)."""
     from benchmarks.learning_margins import attribute_accuracy
+    from vader.world.grammar import ATTRIBUTES
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "train.py", f"hydra.run.dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for part in ("background", "colour", "shape", "motion"):  # the judge's accuracy, printed
+    for part in ATTRIBUTES:  # the judge's accuracy per attribute, printed
         assert f"held-out world_judge/{part}: base" in proc.stdout, proc.stdout[-3000:]
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     soft = {m: summary["per_model"][m]["reward/world_alignment"]["mean"] for m in ("base", "tuned")}
