@@ -25,18 +25,43 @@ SHIPPED = Path(__file__).resolve().parent / "weights" / "world"
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 
 
-def word_tokenizer(words: list[str], max_length: int) -> PreTrainedTokenizerFast:
-    """One token per known word (lower-cased, split on whitespace and punctuation), `<unk>` for
-    any other, between `<bos>` and `<eos>`. Built in memory with Hugging Face `tokenizers`; a
-    world prompt is ten words, so the text encoder learns words, not spellings."""
+class WorldTokenizer(PreTrainedTokenizerFast):
+    """The world model's tokenizer: it refuses a prompt with a word the model never learned,
+    instead of quietly reading it as `<unk>` (a world model asked for "a purple circle" would
+    otherwise draw some circle and the run would look fine)."""
+
+    def __call__(self, text, *args, **kwargs):
+        for prompt in [text] if isinstance(text, str) else text:
+            self.check(prompt)
+        return super().__call__(text, *args, **kwargs)
+
+    def check(self, prompt: str) -> None:
+        backend = self.backend_tokenizer
+        words = [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(prompt))]
+        vocab = self.get_vocab()
+        unknown = [w for w in words if w not in vocab]
+        if unknown:
+            known = sorted(w for w in vocab if w not in SPECIALS)
+            raise ValueError(
+                f"backbone=world does not know {unknown} in prompt {prompt!r}: it learned only the "
+                f"shapes world's {len(known)} words {known}, in prompts like 'a red circle moves left "
+                "on a blue background' (vader/world/grammar.py). Use prompt_fn=world, or a real "
+                "backbone (backbone=modelscope, ...) for other prompts")
+
+
+def word_tokenizer(words: list[str], max_length: int) -> WorldTokenizer:
+    """One token per known word (lower-cased, split on whitespace and punctuation) between
+    `<bos>` and `<eos>`; a prompt with any other word is refused (WorldTokenizer). Built in
+    memory with Hugging Face `tokenizers`; a world prompt is ten words, so the text encoder
+    learns words, not spellings."""
     vocab = {w: i for i, w in enumerate([*SPECIALS, *dict.fromkeys(words)])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>", model_max_length=max_length)
+    return WorldTokenizer(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                          pad_token="<pad>", unk_token="<unk>", model_max_length=max_length)
 
 
 def build_parts(config: dict[str, Any], seed: int = 0) -> dict[str, Any]:

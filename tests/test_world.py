@@ -12,7 +12,7 @@ from backbones.world import build_parts, load_parts, save_parts, word_tokenizer
 from vader.data.prompts import world as world_prompts
 from vader.world.grammar import (COLOURS, MOTIONS, SHAPES, Scene, heldout_sample, heldout_triple,
                                  parse, scenes, vocabulary)
-from vader.world.render import render
+from vader.world.render import render, render_batch
 
 
 def test_every_prompt_parses_back_to_its_scene():
@@ -103,7 +103,12 @@ def test_word_tokenizer_gives_each_world_word_its_own_token():
               max_length=16).input_ids[0]
     assert ids[0] == tok.bos_token_id and ids[10] == tok.eos_token_id and ids[11:] == [tok.pad_token_id] * 5
     assert len({tok.convert_tokens_to_ids(w) for w in vocabulary()}) == len(vocabulary())
-    assert tok(["a purple circle"]).input_ids[0][2] == tok.unk_token_id
+    assert tok("").input_ids == [tok.bos_token_id, tok.eos_token_id]  # guidance's empty prompt
+    for prompt, unknown in (("a purple circle", "purple"), ("A red circle, moving", ",")):
+        with pytest.raises(ValueError, match=f"does not know .*'{unknown}'.*prompt_fn=world"):
+            tok(["a red circle", prompt])
+    with pytest.raises(ValueError, match="<unk>"):
+        tok("a <unk> circle")
 
 
 def test_world_weights_round_trip_and_a_missing_folder_says_how_to_make_one(tmp_path):
@@ -128,12 +133,34 @@ def test_pretraining_writes_a_loadable_model_and_continuing_it_records_both_comm
     pretrain(folder, Settings(vae_steps=2, steps=2, vae_batch=8, batch=2))
     with pytest.raises(ValueError, match="--vae-steps 0"):
         pretrain(folder, Settings(vae_steps=2, steps=1, batch=2), init=folder)
-    config = pretrain(folder, Settings(vae_steps=0, steps=1, batch=2), init=folder)
+    config = pretrain(folder, Settings(vae_steps=0, steps=1, batch=2, min_timestep=900), init=folder)
     first, second = [stage["command"] for stage in config["made"]["stages"]]
     assert config["made"]["command"] == f"{first} && {second}"
     assert f"--init {folder} --vae-steps 0 --steps 1" in second and "--init" not in first
+    assert "--min-timestep 900" in second and "--min-timestep" not in first
     saved = json.loads((folder / "config.json").read_text())  # strict JSON: no NaN
     assert saved["made"]["stages"][1]["final_vae_loss"] is None
     assert saved["prediction_type"] == "v_prediction"
     parts, _ = load_parts(folder)
     assert parts["vae"].config.scaling_factor == saved["scaling_factor"] != 1.0
+
+
+def test_min_timestep_keeps_the_draws_uniform_over_the_noisiest_steps():
+    from vader.world.pretrain import noisiest
+    every = torch.arange(1000)
+    assert torch.equal(noisiest(every, 0, 1000), every)
+    counts = torch.bincount(noisiest(every, 900, 1000), minlength=1000)
+    assert counts[:900].sum() == 0 and bool((counts[900:] == 10).all())
+
+
+def test_the_motion_probe_measures_drift_in_the_prompts_direction():
+    """The probe's yardstick on the world's own renders: the mean video of 64 seeds drifts the
+    way the prompt says by about the 10-14 pixels clips travel, and not at all when still."""
+    from benchmarks.world_motion_probe import centroid_drift
+    expected = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0)}
+    for motion, (sx, sy) in expected.items():
+        prompt = Scene("red", "circle", motion, "black").prompt
+        mean = render_batch([prompt] * 64, list(range(64)), 8, 32, 32).float().mean(0)
+        dx, dy = centroid_drift(mean, "black")
+        for drift, sign in ((dx, sx), (dy, sy)):
+            assert (10 < drift * sign < 14) if sign else abs(drift) < 0.5, (motion, dx, dy)

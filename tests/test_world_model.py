@@ -56,3 +56,14 @@ def test_the_recorded_heldout_accuracy_is_what_the_model_gets():
         # The same weights and seeds; other CPUs may round sums differently, which can flip a
         # borderline video or two of the 72.
         assert measured[key] == pytest.approx(recorded[key], abs=0.05), key
+
+
+def test_the_motion_probe_runs_on_the_shipped_model(capsys):
+    from benchmarks.world_motion_probe import main
+    from vader.world.grammar import MOTIONS
+    main(["--noises", "2"])
+    out = capsys.readouterr().out
+    assert out.count("t=999") == 1 and out.count("t=700") == 1
+    for motion in MOTIONS:
+        assert out.count(f"  {motion} ") == 2, motion
+    assert out.count("when only the colour word changes") == 2
