@@ -3,7 +3,8 @@ the flow between consecutive frames, backward warping, and forward-backward occl
 
 Two estimators:
 - RAFT (Teed & Deng 2020) through torchvision, small or large, with torchvision's published
-  weights (`weights: default`, from the torch hub cache or downloaded), a local state-dict file,
+  weights (`weights: default`, or a set by name such as C_T_V1, from the torch hub cache or
+  downloaded), a local state-dict file,
   or `random` (untrained: for tests of the code path and for timing only; its flow means nothing).
 - Farneback (2003) through OpenCV: weight-free, CPU, never differentiable; real flow offline, which
   is what the tests on real footage use.
@@ -43,7 +44,11 @@ class RAFTFlow:
         if size not in ("small", "large"):
             raise ValueError(f"RAFT size {size!r}: use 'small' or 'large'")
         build = optical_flow.raft_small if size == "small" else optical_flow.raft_large
-        published = (optical_flow.Raft_Small_Weights if size == "small" else optical_flow.Raft_Large_Weights).DEFAULT
+        enum = optical_flow.Raft_Small_Weights if size == "small" else optical_flow.Raft_Large_Weights
+        names = [w.name for w in enum]
+        # torchvision's published sets by name (e.g. C_T_V1 for the large model: the original
+        # authors' Chairs + Things weights, ported, which VBench's dynamic degree uses).
+        published = enum[weights] if weights in names else enum.DEFAULT
         self.model = build(weights=None, progress=False)
         if weights != "random":
             self.model.load_state_dict(_raft_state(published, weights))
@@ -70,12 +75,13 @@ class RAFTFlow:
 def _raft_state(published: Any, weights: str) -> dict[str, torch.Tensor]:
     """The RAFT state dict from a local file, or torchvision's published weights (cache, else
     download; offline, a clear error naming the file to fetch)."""
-    if weights != "default":
+    if weights != "default" and weights != published.name:
         path = Path(weights).expanduser()
         if not path.is_file():
+            names = [w.name for w in type(published)]
             raise FileNotFoundError(f"RAFT weights {str(path)!r} not found: give a state-dict file "
-                                    "(.pth), 'default' for torchvision's published weights, or "
-                                    "'random' (untrained, tests only)")
+                                    f"(.pth), 'default' or one of {names} for torchvision's "
+                                    "published weights, or 'random' (untrained, tests only)")
         return torch.load(path, map_location="cpu", weights_only=True)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(published.url).name
     if cached.is_file():

@@ -139,6 +139,10 @@ def test_raft_loads_a_weights_file_pads_odd_sizes_and_says_what_to_do_offline(tm
     monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
     with pytest.raises(RuntimeError, match=r"raft_small_C_T_V2-01064c6d\.pth.*farneback"):
         RAFTFlow("small", "default")
+    with pytest.raises(RuntimeError, match=r"raft_large_C_T_V1-22a6c225\.pth"):  # a published set by name
+        RAFTFlow("large", "C_T_V1")
+    with pytest.raises(FileNotFoundError, match="C_T_V1"):  # a misspelt name lists the real ones
+        RAFTFlow("large", "C_T_V3")
     with pytest.raises(ValueError, match="raft_small"):
         flow_estimator("pwc")
 
@@ -185,3 +189,49 @@ def test_yaml_builds_the_reward_with_random_raft_on_the_same_code_path(name, tmp
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="not 'random'"):
         reward.__class__(frames="random", flow="farneback")
+
+
+class Fixed:
+    """An estimator that returns given flows (forward for the first half of the batch it is
+    handed, then backward), to check formulas against numbers worked out by hand."""
+    key = ("fixed",)
+
+    def __init__(self, forward: torch.Tensor) -> None:
+        self.forward = forward  # (B * pairs, 2, H, W)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.forward, -self.forward])
+
+
+def test_dynamic_degree_reproduces_vbench_on_hand_computed_flows():
+    from rewards.dynamic_degree import DynamicDegree, pairs_needed, thresholds
+    # 20 x 20 frames: the top 5% is 20 pixels; threshold 6 * 20 / 256 = 0.46875 at 8 fps;
+    # 5 frames need round(4 * 5 / 16) = round(1.25) = 1 pair above it.
+    assert thresholds(20, 20, 8.0) == pytest.approx(0.46875) and pairs_needed(5) == 1
+    assert thresholds(20, 30, 4.0) == pytest.approx(0.9375)  # 8 / fps = 2 doubles it
+    assert pairs_needed(16) == 4 and pairs_needed(8) == 2 and pairs_needed(2) == 0  # round(0.5) = 0
+    forward = torch.zeros(2, 4, 2, 20, 20)
+    forward[0, 2, 0].view(-1)[:20] = 1.0   # video 0, pair 2: 20 pixels move 1 px -> top 5% mean 1.0
+    forward[1, 1, 1].view(-1)[:10] = 0.8   # video 1: 10 pixels move 0.8 px -> (10 * 0.8) / 20 = 0.4
+    reward = DynamicDegree(flow="farneback")
+    reward.estimator = Fixed(forward.flatten(0, 1))
+    frames = torch.rand(2, 5, 3, 20, 20)
+    verdict, info = reward(frames, ["a", "b"])
+    assert verdict.tolist() == [1.0, 0.0]
+    reward.score = "magnitude"
+    graded, _ = reward(frames.clone(), ["a", "b"])
+    assert graded.tolist() == pytest.approx([1.0 / 0.46875 / 4, 0.4 / 0.46875 / 4])
+    assert info["dynamic_share"].item() == 0.5
+
+
+def test_dynamic_degree_on_real_footage_a_still_video_is_static_and_a_pan_is_dynamic():
+    from rewards.dynamic_degree import DynamicDegree
+    reward = DynamicDegree(flow="farneback")
+    still = panned()[:, :1].expand(1, 6, -1, -1, -1).contiguous()
+    # threshold 6 * 64 / 256 = 1.5 px; the pan moves 3 px a frame on every pair
+    verdicts, _ = reward(torch.cat([still, panned()]), ["still", "pan"])
+    assert verdicts.tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="score="):
+        DynamicDegree(flow="farneback", score="soft")
+    node = OmegaConf.load(ROOT / "conf" / "reward_fn" / "dynamic_degree.yaml")
+    assert (node.flow, node.flow_weights, node.num_flow_updates) == ("raft_large", "C_T_V1", 20)
