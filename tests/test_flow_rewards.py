@@ -235,3 +235,45 @@ def test_dynamic_degree_on_real_footage_a_still_video_is_static_and_a_pan_is_dyn
         DynamicDegree(flow="farneback", score="soft")
     node = OmegaConf.load(ROOT / "conf" / "reward_fn" / "dynamic_degree.yaml")
     assert (node.flow, node.flow_weights, node.num_flow_updates) == ("raft_large", "C_T_V1", 20)
+
+
+def random_alexnet(tmp_path: Path) -> str:
+    from torchvision.models import alexnet
+    torch.manual_seed(0)
+    path = tmp_path / "alexnet_random.pth"
+    torch.save(alexnet(weights=None).state_dict(), path)
+    return str(path)
+
+
+def test_t_lpips_loads_its_feature_network_like_every_weight_and_orders_real_footage(tmp_path, monkeypatch):
+    """LPIPS with a random AlexNet (no download here) loaded from a torchvision state-dict file:
+    the loading path is the real one; the orderings hold even for random features."""
+    from rewards.t_lpips import TemporalLPIPS, load_lpips
+    path = random_alexnet(tmp_path)
+    reward = TemporalLPIPS(flow="farneback", net_weights=path)
+    features = dict(load_lpips("alex", path).net.named_parameters())
+    from torchvision.models import alexnet
+    torch.manual_seed(0)
+    assert torch.equal(features["slice2.3.weight"], alexnet(weights=None).features[3].weight)
+    video = real_clip()
+    scores, info = reward(torch.cat([video, shuffled(video), jittered(video)]), ["bikes"] * 3)
+    original, mixed, shaken = scores.tolist()
+    assert original > mixed and original > shaken, scores
+    still = panned()[:, :1].expand(1, 6, -1, -1, -1).contiguous()
+    assert reward(still, ["still"])[0].item() == pytest.approx(0.0, abs=1e-6)
+    pan = panned().requires_grad_(True)
+    reward(pan, ["pan"])[0].sum().backward()
+    assert torch.isfinite(pan.grad).all() and pan.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least 32 pixels"):
+        reward(torch.rand(1, 3, 3, 16, 16), ["tiny"])
+    from torchvision.models import _api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
+    with pytest.raises(RuntimeError, match=r"alexnet-owt-7be5be79\.pth"):
+        load_lpips("alex", "default")
+    node = OmegaConf.load(ROOT / "conf" / "reward_fn" / "t_lpips.yaml")
+    built = instantiate(node, net_weights=path, flow="farneback")
+    assert isinstance(built, Reward) and built.differentiable and built.maximised_by_still_video

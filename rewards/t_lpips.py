@@ -1,0 +1,108 @@
+"""Temporal LPIPS: how much each frame differs, perceptually, from the frame before once motion
+is accounted for. LPIPS (Zhang et al., CVPR 2018, the `lpips` package) between frame t+1 and
+frame t warped onto it by optical flow (rewards/flow.py), as a spatial map averaged over the
+pixels the forward-backward check finds visible, then over the pairs. The reward is minus that
+distance: higher is smoother, 0 the best.
+
+The `lpips` package ships its calibrated linear layers; the feature network under them (AlexNet by
+default, VGG-16 or SqueezeNet 1.1) is torchvision's ImageNet model, which the package would
+download on its own. Here it loads like every other weight: `net_weights: default` (the torch hub
+cache, else a download; offline without it, an error that names the file), a state-dict file
+of the torchvision model, or `random` (untrained: tests of the code path only).
+
+Differentiable in the frames through the warp and LPIPS (the flow is a constant). A still video
+scores 0, the best: `maximised_by_still_video` says so.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from rewards import check_frames
+from rewards.flow import flow_estimator, pair_flows, warp_previous
+
+# lpips' feature network -> torchvision's builder and published ImageNet weights (lpips uses these).
+NETS = {"alex": ("alexnet", "AlexNet_Weights"), "vgg": ("vgg16", "VGG16_Weights"),
+        "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights")}
+_CACHE: dict[tuple, Any] = {}
+
+
+def load_lpips(net: str = "alex", net_weights: str = "default") -> torch.nn.Module:
+    """lpips.LPIPS (spatial map, its own linear layers) with the feature network's weights
+    loaded here; frozen, once per process."""
+    if net not in NETS:
+        raise ValueError(f"t_lpips net={net!r}: use one of {sorted(NETS)}")
+    key = (net, net_weights)
+    if key not in _CACHE:
+        import lpips
+        import torchvision.models as tvm
+        with warnings.catch_warnings():  # lpips 0.1.4 still passes torchvision's retired `pretrained`
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips.LPIPS(net=net, spatial=True, pnet_rand=True, verbose=False)
+        if net_weights != "random":
+            builder, enum = NETS[net]
+            state = _feature_state(getattr(tvm, enum).IMAGENET1K_V1, net_weights)
+            # lpips splits the torchvision model's `features` into slices that keep each layer's
+            # index as its name: slice2.3.weight is features.3.weight.
+            own = {name: state[f"features.{name.split('.', 1)[1]}"]
+                   for name in model.net.state_dict()}
+            model.net.load_state_dict(own)
+        model.requires_grad_(False).eval()
+        _CACHE[key] = model
+    return _CACHE[key]
+
+
+def _feature_state(published: Any, weights: str) -> dict[str, torch.Tensor]:
+    if weights != "default":
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"t_lpips net_weights {str(path)!r} not found: give a state-dict "
+                                    "file of the torchvision model, 'default' for its published "
+                                    "ImageNet weights, or 'random' (untrained, tests only)")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(published.url).name
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:
+        return published.get_state_dict(progress=False)
+    except Exception as error:  # offline: URLError, or a proxy's HTTP error
+        raise RuntimeError(f"could not download LPIPS' feature network from {published.url} "
+                           f"({error}). Offline, put that file at {cached}, or give its path as "
+                           "net_weights") from error
+
+
+class TemporalLPIPS:
+    differentiable = True
+    maximised_by_still_video = True
+
+    def __init__(self, frames: str | int = "all", net: str = "alex", net_weights: str = "default",
+                 flow: str = "raft_small", flow_weights: str = "default", num_flow_updates: int = 12) -> None:
+        if frames == "random":
+            raise ValueError("t_lpips compares consecutive frames: frames='all' or an int n "
+                             "(every n-th frame), not 'random' (one frame)")
+        self.frames = frames
+        self.lpips = load_lpips(net, net_weights)
+        self.estimator = flow_estimator(flow, flow_weights, num_flow_updates)
+
+    def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+        check_frames(frames, prompts)
+        if min(frames.shape[-2:]) < 32:
+            raise ValueError(f"t_lpips needs frames of at least 32 pixels a side (LPIPS' feature "
+                             f"network), got {tuple(frames.shape[-2:])}")
+        flows = pair_flows(frames, self.estimator)
+        x = frames.float()
+        b, pairs = x.shape[0], x.shape[1] - 1
+        self.lpips.to(x.device)
+        later = x[:, 1:].flatten(0, 1) * 2 - 1                      # LPIPS takes [-1, 1]
+        warped = warp_previous(x, flows).flatten(0, 1) * 2 - 1
+        distance = self.lpips(later, warped)                          # (N, 1, h, w)
+        mask = flows.mask.flatten(0, 1).to(distance.dtype)
+        if distance.shape[-2:] != mask.shape[-2:]:
+            distance = F.interpolate(distance, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        per_pair = (distance * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
+        t_lpips = per_pair.view(b, pairs).mean(1)
+        return (-t_lpips).to(frames.dtype), {"t_lpips": t_lpips.detach().mean()}
