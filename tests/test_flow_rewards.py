@@ -277,3 +277,28 @@ def test_t_lpips_loads_its_feature_network_like_every_weight_and_orders_real_foo
     node = OmegaConf.load(ROOT / "conf" / "reward_fn" / "t_lpips.yaml")
     built = instantiate(node, net_weights=path, flow="farneback")
     assert isinstance(built, Reward) and built.differentiable and built.maximised_by_still_video
+
+
+def clip_of(num_frames: int, stride: int = 2) -> torch.Tensor:
+    return ((read_clip(bikes(), FrameRule(num_frames, 64, 96, stride=stride, window="central")) + 1) / 2)[None]
+
+
+def test_loop_break_finds_a_clip_played_twice_unless_the_prompt_asks_for_a_loop():
+    from rewards.loop_break import LoopBreak, asks_for_loop
+    reward = LoopBreak()
+    once, twice = clip_of(16), torch.cat([clip_of(8), clip_of(8)], 1)
+    scores, info = reward(torch.cat([once, twice]), ["bikes", "bikes"])
+    assert scores[1].item() == pytest.approx(-1.0, abs=1e-3)  # the repeat correlates perfectly
+    assert scores[0].item() > -0.6, scores                    # real motion, played once
+    asked, _ = reward(torch.cat([once, twice]), ["a seamless loop of bikes", "bikes, repeating"])
+    assert asked.tolist() == [0.0, 0.0]
+    assert asks_for_loop("Looping waves") and not asks_for_loop("a bike on a road")
+    still = panned()[:, :1].expand(1, 8, -1, -1, -1).contiguous()
+    assert reward(still, ["still"])[0].item() == 0.0
+    video = once.clone().requires_grad_(True)
+    reward(video, ["bikes"])[0].sum().backward()
+    assert torch.isfinite(video.grad).all() and video.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="at least 4 frames"):
+        reward(clip_of(3), ["short"])
+    built = instantiate(OmegaConf.load(ROOT / "conf" / "reward_fn" / "loop_break.yaml"))
+    assert isinstance(built, Reward) and built.loop_words == reward.loop_words
