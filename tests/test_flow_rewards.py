@@ -302,3 +302,32 @@ def test_loop_break_finds_a_clip_played_twice_unless_the_prompt_asks_for_a_loop(
         reward(clip_of(3), ["short"])
     built = instantiate(OmegaConf.load(ROOT / "conf" / "reward_fn" / "loop_break.yaml"))
     assert isinstance(built, Reward) and built.loop_words == reward.loop_words
+
+
+def carphone(num_frames: int = 8) -> torch.Tensor:
+    path = bikes().parent / "carphone_pristine.mp4"
+    return ((read_clip(path, FrameRule(num_frames, 64, 96, stride=2, window="central")) + 1) / 2)[None]
+
+
+def test_seam_scores_a_cut_between_unrelated_clips_far_below_continuous_footage():
+    from rewards.seam import Seam, seam_starts
+    assert seam_starts(16, 8, 0) == [8] and seam_starts(16, 10, 2) == [8, 10]
+    assert seam_starts(48, 16, 4) == [12, 16, 24, 28, 36, 40]
+    reward = Seam(window=8, overlap=0, flow="farneback")
+    continuous, cut = clip_of(16), torch.cat([clip_of(8), carphone()], 1)   # cut at frame 8
+    scores, info = reward(torch.cat([continuous, cut]), ["bikes", "bikes, then a car"])
+    assert scores[0].item() > 0.9 and scores[1].item() < 0.3, scores
+    assert info["seam_warp_error"] > info["inside_warp_error"]
+    still = panned()[:, :1].expand(1, 16, -1, -1, -1).contiguous()
+    assert reward(still, ["still"])[0].item() == 1.0
+    video = cut.clone().requires_grad_(True)
+    reward(video, ["cut"])[0].sum().backward()
+    assert torch.isfinite(video.grad).all() and video.grad.abs().sum() > 0
+    named = Seam(seam_frames=[8], flow="farneback")
+    assert named(cut, ["cut"])[0].item() == pytest.approx(scores[1].item())
+    with pytest.raises(ValueError, match="no seam inside a video of 8 frames"):
+        reward(clip_of(8), ["one window"])
+    with pytest.raises(ValueError, match="frames='all'"):
+        Seam(frames=2, flow="farneback")
+    built = instantiate(OmegaConf.load(ROOT / "conf" / "reward_fn" / "seam.yaml"), flow="farneback")
+    assert isinstance(built, Reward) and (built.window, built.overlap) == (16, 4)
