@@ -266,3 +266,15 @@ MARGINS = {"aesthetic": 0.006, "clip_score": 0.008, "pickscore": 0.08}
 def test_training_raises_reward(name, folders, tmp_path):
     outcomes = [learning.train(name, folders, seed, tmp_path / str(seed)) for seed in learning.SEEDS]
     learning.assert_learns(outcomes, MARGINS[name])
+
+
+def test_clip_vid_is_clip_score_over_eight_evenly_spread_frames(folders):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    node = OmegaConf.load(Path(__file__).parents[1] / "conf" / "reward_fn" / "clip_vid.yaml")
+    reward = instantiate(node, pretrained=str(folders["clip"]))
+    assert isinstance(reward, ClipScore) and reward.num_frames_scored == 8
+    assert reward.scored_frames(16).tolist() == spread_indices(16, 8).tolist() == [0, 2, 4, 6, 9, 11, 13, 15]
+    frames = torch.rand(2, 16, 3, 16, 16)
+    same = build("clip_score", folders, num_frames_scored=8)
+    assert torch.allclose(reward(frames, ["a", "b"])[0], same(frames, ["a", "b"])[0])
