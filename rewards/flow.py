@@ -38,8 +38,7 @@ class RAFTFlow:
     """torchvision's RAFT. Frames in [0, 1] are scaled to [-1, 1] (its weights' transform) and
     padded to a multiple of 8 (replicating the border) as RAFT requires; the flow is cropped back."""
 
-    def __init__(self, size: str = "small", weights: str = "default", num_flow_updates: int = 12,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(self, size: str = "small", weights: str = "default", num_flow_updates: int = 12) -> None:
         from torchvision.models import optical_flow
         if size not in ("small", "large"):
             raise ValueError(f"RAFT size {size!r}: use 'small' or 'large'")
@@ -52,7 +51,7 @@ class RAFTFlow:
         self.model = build(weights=None, progress=False)
         if weights != "random":
             self.model.load_state_dict(_raft_state(published, weights))
-        self.model.requires_grad_(False).eval().to(device)
+        self.model.requires_grad_(False).eval()
         self.num_flow_updates = num_flow_updates
         self.key = ("raft", size, str(weights), num_flow_updates)
 
@@ -61,8 +60,9 @@ class RAFTFlow:
         # RAFT's correlation pyramid needs at least 128 pixels a side: smaller frames are upsampled
         # by a whole factor and the flow brought back to their grid and their pixel units.
         scale = max(1, math.ceil(MIN_RAFT_SIDE / min(h, w)))
-        device = next(self.model.parameters()).device
-        a, b = (x.to(device).float() * 2 - 1 for x in (a, b))
+        if next(self.model.parameters()).device != a.device:
+            self.model.to(a.device)  # RAFT follows the frames, as the reward models do
+        a, b = (x.float() * 2 - 1 for x in (a, b))
         if scale > 1:
             a, b = (F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False) for x in (a, b))
         big_h, big_w = h * scale, w * scale
@@ -120,15 +120,16 @@ class FarnebackFlow:
 _ESTIMATORS: dict[tuple, Callable] = {}
 
 
-def flow_estimator(method: str = "raft_small", weights: str = "default", num_flow_updates: int = 12,
-                   device: str | torch.device = "cpu") -> Callable:
-    """One estimator per (method, weights, device) per process: loaded once, shared by rewards."""
+def flow_estimator(method: str = "raft_small", weights: str = "default", num_flow_updates: int = 12) -> Callable:
+    """One estimator per (method, weights, iterations) per process: loaded once, shared by
+    rewards; RAFT moves to the device of the frames it is given."""
     if method not in FLOW_METHODS:
         raise ValueError(f"flow={method!r}: use one of {FLOW_METHODS}")
-    key = (method, weights, num_flow_updates, str(device))
+    # Farneback has no weights or iterations: rewards that differ only there share one estimator.
+    key = ("farneback",) if method == "farneback" else (method, weights, num_flow_updates)
     if key not in _ESTIMATORS:
         _ESTIMATORS[key] = (FarnebackFlow() if method == "farneback" else
-                            RAFTFlow(method.split("_")[1], weights, num_flow_updates, device))
+                            RAFTFlow(method.split("_")[1], weights, num_flow_updates))
     return _ESTIMATORS[key]
 
 

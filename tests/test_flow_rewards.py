@@ -331,3 +331,24 @@ def test_seam_scores_a_cut_between_unrelated_clips_far_below_continuous_footage(
         Seam(frames=2, flow="farneback")
     built = instantiate(OmegaConf.load(ROOT / "conf" / "reward_fn" / "seam.yaml"), flow="farneback")
     assert isinstance(built, Reward) and (built.window, built.overlap) == (16, 4)
+
+
+def test_rewards_on_the_same_frames_share_one_flow_computation(monkeypatch):
+    """Issue 17: flow is computed once per step, whichever rewards use it."""
+    from rewards.flow import FarnebackFlow
+    calls = []
+    original = FarnebackFlow.__call__
+
+    def counting(self, a, b):
+        calls.append(a.shape[0])
+        return original(self, a, b)
+    monkeypatch.setattr(FarnebackFlow, "__call__", counting)
+    from rewards.dynamic_degree import DynamicDegree
+    from rewards.seam import Seam
+    rewards = [StructureConstancy(flow="farneback"), FlowSmoothness(flow="farneback"),
+               DynamicDegree(flow="farneback"), Seam(window=4, overlap=0, flow="farneback")]
+    assert len({id(r.estimator) for r in rewards}) == 1
+    video = clip_of(8)
+    for reward in rewards:
+        reward(video, ["bikes"])
+    assert calls == [2 * 7]  # one call: 7 pairs, both directions
