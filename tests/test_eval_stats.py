@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from vader.evaluation.stats import (diversity, finite_or_none, motion, paired_comparison,
+from vader.evaluation.stats import (diversity, finite_or_none, hacking_flags, motion, paired_comparison,
                               pixel_embedding, summarise, wilson_interval)
 
 
@@ -103,3 +103,24 @@ def test_summarise_pairs_rows_by_prompt_and_seed():
 def test_finite_or_none_makes_json_safe():
     assert finite_or_none({"a": [1.0, math.nan], "b": {"c": math.inf}, "d": "x"}) == \
         {"a": [1.0, None], "b": {"c": None}, "d": "x"}
+
+
+def flagged_summary(reward=(0.2, 0.5), moved=(0.02, 0.01), diverse=(0.03, 0.029)) -> dict:
+    models = ("base", "tuned")
+    return {"train_reward": "t_lpips", "per_model": {
+        m: {"reward/t_lpips": {"mean": reward[i], "std": 0.0}, "motion": {"mean": moved[i], "std": 0.0},
+            "diversity": diverse[i]} for i, m in enumerate(models)}}
+
+
+def test_hacking_is_flagged_when_the_reward_rises_while_motion_or_diversity_falls():
+    flags = hacking_flags(flagged_summary())
+    assert flags == ["possible reward hacking: t_lpips rose 0.2 -> 0.5 while motion fell 0.02 -> 0.01 "
+                     "(-50%; flagged below -30%)"]
+    assert hacking_flags(flagged_summary(diverse=(0.03, 0.01)))[1].startswith(
+        "possible reward hacking: t_lpips rose 0.2 -> 0.5 while diversity fell")
+    assert hacking_flags(flagged_summary(moved=(0.02, 0.015))) == []     # -25%: within the margin
+    assert hacking_flags(flagged_summary(reward=(0.5, 0.2))) == []       # the reward did not rise
+    assert hacking_flags(flagged_summary(diverse=(None, None), moved=(0.02, 0.02))) == []  # one seed
+    base_only = flagged_summary()
+    del base_only["per_model"]["tuned"]
+    assert hacking_flags(base_only) == []

@@ -259,3 +259,11 @@ def test_chromium_missing_fails_not_skips(tmp_path):
     # Without the browser the tests must fail with the fix in the message, never skip.
     with pytest.raises(pytest.fail.Exception, match=r"bash install.sh.*VADER_CHROMIUM"):
         require_chromium((tmp_path / "chromium", CHROMEDRIVER))
+
+
+def test_a_hacking_flag_is_shown_on_the_page(tmp_path):
+    rows, summary = build_eval(tmp_path)
+    summary["flags"] = ["possible reward hacking: r rose 0.1 -> 0.2 while motion fell 0.02 -> 0.01 (-50%)"]
+    write_gallery(tmp_path, rows, summary)
+    _, text = parse(tmp_path)
+    assert '<p class="flag"><strong>possible reward hacking: r rose 0.1 -&gt; 0.2' in text

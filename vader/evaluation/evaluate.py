@@ -190,6 +190,7 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
                "prompts": list(prompts), "seeds": list(seeds), "settings": settings(spec),
                "num_videos": len(rows),
                **eval_stats.summarise(rows, metric_keys, list(models), embeddings)}
+    summary["flags"] = eval_stats.hacking_flags(summary)
     if on_summary is not None:
         on_summary(summary)
     if write:
@@ -233,4 +234,5 @@ def headline(summary: dict[str, Any]) -> str:
             text += (f", tuned wins {cmp['win_rate']:.0%} [{cmp['ci_low']:.0%}, "
                      f"{cmp['ci_high']:.0%}] of {cmp['pairs']} pairs ({cmp['verdict']})")
         lines.append(text)
+    lines += summary.get("flags", [])
     return "\n".join(lines)

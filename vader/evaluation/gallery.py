@@ -26,6 +26,7 @@ MAX_VIDEO_WIDTH = 512  # this, so base and tuned still fit side by side on a lap
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; background: #fafafa; }
 h1 { font-size: 1.4rem; margin-bottom: .3rem; }
+.flag { color: #a40000; }
 h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ccc; padding-bottom: .2rem; }
 table { border-collapse: collapse; }
 .summary th, .summary td { border: 1px solid #ccc; padding: .25rem .5rem; text-align: right; }
@@ -241,6 +242,7 @@ def write_gallery(eval_dir: Path, rows: list[dict], summary: dict, plots: list[s
 <p class="settings">{_settings(summary)}</p>
 {_summary_table(summary)}
 {_NOTE if "tuned" in summary["models"] else ""}
+{"".join(f'<p class="flag"><strong>{_e(flag)}</strong></p>' for flag in summary.get("flags", []))}
 <div class="plots">{plots_html}</div>
 {_prompt_sections(rows, summary, urls)}
 </body>

@@ -133,6 +133,36 @@ def summarise(rows: list[dict[str, Any]], metric_keys: list[str], models: list[s
     return {"per_model": per_model, "comparison": comparison}
 
 
+# A tuned model whose trained reward rose while its motion or its diversity fell by more than
+# this share of the base model's is flagged: rewards a frozen or collapsed video maximises (smooth,
+# consistent, identity-locked) are won that way first, and 30% is far outside the seed-to-seed
+# spread of either measure in this project's evaluations (a few percent on the world model).
+HACKING_DROP = 0.3
+
+
+def hacking_flags(summary: dict[str, Any], drop: float = HACKING_DROP) -> list[str]:
+    """"possible reward hacking: ..." for each guard measure (motion, diversity) that fell by
+    more than `drop` of the base model's value while the trained reward's mean rose."""
+    per_model = summary["per_model"]
+    if not {"base", "tuned"} <= set(per_model):
+        return []
+    key = f"reward/{summary['train_reward']}"
+    before, after = per_model["base"][key]["mean"], per_model["tuned"][key]["mean"]
+    if not after > before:
+        return []
+    flags = []
+    for measure in ("motion", "diversity"):
+        base, tuned = per_model["base"].get(measure), per_model["tuned"].get(measure)
+        base, tuned = (v["mean"] if isinstance(v, dict) else v for v in (base, tuned))
+        if base is None or tuned is None or not base > 0:
+            continue
+        if tuned < (1 - drop) * base:
+            flags.append(f"possible reward hacking: {summary['train_reward']} rose {before:.4g} -> "
+                         f"{after:.4g} while {measure} fell {base:.4g} -> {tuned:.4g} "
+                         f"({tuned / base - 1:+.0%}; flagged below -{drop:.0%})")
+    return flags
+
+
 def finite_or_none(value: Any) -> Any:
     """JSON has no NaN: non-finite floats become null, recursively."""
     if isinstance(value, float):
