@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,3 +102,27 @@ def aggregate(per_frame: torch.Tensor, how: str = "mean", temperature: float = 0
 def check_aggregation(how: str) -> None:
     if how not in AGGREGATIONS:
         raise ValueError(f"aggregation={how!r} is not one of {AGGREGATIONS}")
+
+
+def torchvision_state(published: Any, weights: str, key: str, hint: str = "") -> dict[str, torch.Tensor]:
+    """A torchvision model's state dict from `weights`: "default" or the name of a published set
+    (`published`, a torchvision WeightsEnum member) reads the torch hub cache, else downloads,
+    and offline without the file raises an error naming it and where to put it; anything else is
+    a local state-dict file. `key` names the setting in errors; `hint` ends the offline one."""
+    if weights not in ("default", published.name):
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            names = [w.name for w in type(published)]
+            raise FileNotFoundError(f"{key} {str(path)!r} not found: give a state-dict file (.pth), "
+                                    f"'default' or one of {names} for torchvision's published "
+                                    "weights, or 'random' (untrained, tests only)")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(published.url).name
+    if cached.is_file():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:
+        return published.get_state_dict(progress=False)
+    except Exception as error:  # offline: URLError, or a proxy's HTTP error
+        raise RuntimeError(f"could not download {key} from {published.url} ({error}). Offline, "
+                           f"download that file elsewhere and put it at {cached}, or give its path "
+                           f"as {key}{hint}") from error

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames
-from rewards.flow import flow_estimator, pair_flows
+from rewards.flow import check_consecutive, flow_estimator, pair_flows
 
 TOP_SHARE = 0.05     # VBench: the mean of the top 5% of flow magnitudes per pair
 BASE_THRESHOLD = 6.0  # pixels at a 256-pixel short side and 8 fps or more
@@ -53,9 +53,7 @@ class DynamicDegree:
 
     def __init__(self, frames: str | int = "all", flow: str = "raft_large", flow_weights: str = "C_T_V1",
                  num_flow_updates: int = 20, fps: float = 8.0, score: str = "vbench") -> None:
-        if frames == "random":
-            raise ValueError("dynamic_degree needs consecutive frames: frames='all' or an int n "
-                             "(every n-th frame), not 'random' (one frame)")
+        check_consecutive("dynamic_degree", frames)
         if score not in SCORES:
             raise ValueError(f"dynamic_degree score={score!r}: use one of {SCORES}")
         if fps <= 0:

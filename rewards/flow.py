@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from rewards.common import torchvision_state
 
 FLOW_METHODS = ("raft_small", "raft_large", "farneback")
 # Forward-backward consistency thresholds of Sundaram, Brox & Keutzer (ECCV 2010), as used by
@@ -50,7 +51,8 @@ class RAFTFlow:
         published = enum[weights] if weights in names else enum.DEFAULT
         self.model = build(weights=None, progress=False)
         if weights != "random":
-            self.model.load_state_dict(_raft_state(published, weights))
+            self.model.load_state_dict(torchvision_state(published, weights, "flow_weights",
+                                                         "; `flow: farneback` needs no weights"))
         self.model.requires_grad_(False).eval()
         self.num_flow_updates = num_flow_updates
         self.key = ("raft", size, str(weights), num_flow_updates)
@@ -70,29 +72,6 @@ class RAFTFlow:
         a, b = (F.pad(x, pad, mode="replicate") for x in (a, b))
         flow = self.model(a, b, num_flow_updates=self.num_flow_updates)[-1][..., :big_h, :big_w]
         return F.avg_pool2d(flow, scale) / scale if scale > 1 else flow
-
-
-def _raft_state(published: Any, weights: str) -> dict[str, torch.Tensor]:
-    """The RAFT state dict from a local file, or torchvision's published weights (cache, else
-    download; offline, a clear error naming the file to fetch)."""
-    if weights != "default" and weights != published.name:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            names = [w.name for w in type(published)]
-            raise FileNotFoundError(f"RAFT weights {str(path)!r} not found: give a state-dict file "
-                                    f"(.pth), 'default' or one of {names} for torchvision's "
-                                    "published weights, or 'random' (untrained, tests only)")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(published.url).name
-    if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
-    try:
-        return published.get_state_dict(progress=False)
-    except Exception as error:  # offline: URLError, or a proxy's HTTP error
-        raise RuntimeError(
-            f"could not download RAFT weights from {published.url} ({error}). Offline, download "
-            f"that file elsewhere and put it at {cached}, or give its path as the flow weights; "
-            "`flow: farneback` needs no weights") from error
 
 
 class FarnebackFlow:
@@ -115,6 +94,13 @@ class FarnebackFlow:
         flows = [self.cv2.calcOpticalFlowFarneback(p, q, None, *self.settings)
                  for p, q in zip(gray(a.detach().float()), gray(b.detach().float()))]
         return torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in flows]).to(a.device)
+
+
+def check_consecutive(name: str, frames: str | int) -> None:
+    """The rewards that compare frames with their neighbours need them in order."""
+    if frames == "random":
+        raise ValueError(f"{name} compares consecutive frames: frames='all' or an int n (every "
+                         "n-th frame), not 'random' (one frame)")
 
 
 _ESTIMATORS: dict[tuple, Callable] = {}

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames
-from rewards.flow import flow_estimator, pair_flows
+from rewards.flow import check_consecutive, flow_estimator, pair_flows
 
 
 class FlowSmoothness:
@@ -34,9 +34,7 @@ class FlowSmoothness:
     def __init__(self, frames: str | int = "all", flow: str = "raft_small", flow_weights: str = "default",
                  num_flow_updates: int = 12, field_weight: float = 1.0, speed_weight: float = 1.0,
                  min_speed: float = 0.1) -> None:
-        if frames == "random":
-            raise ValueError("flow_smoothness needs consecutive frames: frames='all' or an int n "
-                             "(every n-th frame), not 'random' (one frame)")
+        check_consecutive("flow_smoothness", frames)
         import kornia  # a dependency of this reward only; imported when it is built
         self.kornia = kornia
         self.frames = frames

@@ -23,6 +23,7 @@ from backbones.loading import Source, check_source
 from rewards import check_frames
 from rewards.clip_hf import read_image_settings
 from rewards.common import flatten_frames, resize_crop_normalize
+from rewards.flow import check_consecutive
 from rewards.video_models import clip_scored_frames, load_cached, sample_clip
 
 
@@ -33,9 +34,7 @@ class IdentityLock:
     def __init__(self, pretrained: str = "facebook/dinov2-small", frames: str | int = "all",
                  keyframes: int = 4, dtype: str = "fp32") -> None:
         from transformers import Dinov2Model
-        if frames == "random":
-            raise ValueError("identity_lock compares frames across the clip: frames='all' or an int "
-                             "n (every n-th frame), not 'random' (one frame)")
+        check_consecutive("identity_lock", frames)
         if keyframes < 2:
             raise ValueError(f"identity_lock keyframes={keyframes}: at least 2 to compare")
         self.frames, self.keyframes = frames, keyframes

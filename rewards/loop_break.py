@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from rewards import check_frames
+from rewards.flow import check_consecutive
 
 LOOP_WORDS = ("loop", "loops", "looping", "looped", "repeat", "repeats", "repeating", "repeated",
               "cycle", "cycles", "cycling", "cyclic", "seamless loop")
@@ -52,9 +53,7 @@ class LoopBreak:
 
     def __init__(self, frames: str | int = "all", patches: int = 4, min_lag: int = 2,
                  loop_words: list[str] | None = None) -> None:
-        if frames == "random":
-            raise ValueError("loop_break needs the frames in order: frames='all' or an int n "
-                             "(every n-th frame), not 'random' (one frame)")
+        check_consecutive("loop_break", frames)
         if patches < 1 or min_lag < 1:
             raise ValueError(f"loop_break: patches ({patches}) and min_lag ({min_lag}) must be at least 1")
         self.frames, self.patches, self.min_lag = frames, patches, min_lag

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames, luma
-from rewards.flow import flow_estimator, pair_flows, warp_previous
+from rewards.flow import check_consecutive, flow_estimator, pair_flows, warp_previous
 
 
 class StructureConstancy:
@@ -25,9 +25,7 @@ class StructureConstancy:
 
     def __init__(self, frames: str | int = "all", flow: str = "raft_small", flow_weights: str = "default",
                  num_flow_updates: int = 12, window: int = 11) -> None:
-        if frames == "random":
-            raise ValueError("structure_constancy compares consecutive frames: frames='all' or an "
-                             "int n (every n-th frame), not 'random' (one frame)")
+        check_consecutive("structure_constancy", frames)
         import kornia  # a dependency of this reward only; imported when it is built
         self.kornia = kornia
         self.frames = frames

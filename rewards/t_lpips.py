@@ -16,14 +16,14 @@ scores 0, the best: `maximised_by_still_video` says so.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from rewards import check_frames
-from rewards.flow import flow_estimator, pair_flows, warp_previous
+from rewards.common import torchvision_state
+from rewards.flow import check_consecutive, flow_estimator, pair_flows, warp_previous
 
 # lpips' feature network -> torchvision's builder and published ImageNet weights (lpips uses these).
 NETS = {"alex": ("alexnet", "AlexNet_Weights"), "vgg": ("vgg16", "VGG16_Weights"),
@@ -45,7 +45,7 @@ def load_lpips(net: str = "alex", net_weights: str = "default") -> torch.nn.Modu
             model = lpips.LPIPS(net=net, spatial=True, pnet_rand=True, verbose=False)
         if net_weights != "random":
             builder, enum = NETS[net]
-            state = _feature_state(getattr(tvm, enum).IMAGENET1K_V1, net_weights)
+            state = torchvision_state(getattr(tvm, enum).IMAGENET1K_V1, net_weights, "net_weights")
             # lpips splits the torchvision model's `features` into slices that keep each layer's
             # index as its name: slice2.3.weight is features.3.weight.
             own = {name: state[f"features.{name.split('.', 1)[1]}"]
@@ -56,34 +56,13 @@ def load_lpips(net: str = "alex", net_weights: str = "default") -> torch.nn.Modu
     return _CACHE[key]
 
 
-def _feature_state(published: Any, weights: str) -> dict[str, torch.Tensor]:
-    if weights != "default":
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"t_lpips net_weights {str(path)!r} not found: give a state-dict "
-                                    "file of the torchvision model, 'default' for its published "
-                                    "ImageNet weights, or 'random' (untrained, tests only)")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(published.url).name
-    if cached.is_file():
-        return torch.load(cached, map_location="cpu", weights_only=True)
-    try:
-        return published.get_state_dict(progress=False)
-    except Exception as error:  # offline: URLError, or a proxy's HTTP error
-        raise RuntimeError(f"could not download LPIPS' feature network from {published.url} "
-                           f"({error}). Offline, put that file at {cached}, or give its path as "
-                           "net_weights") from error
-
-
 class TemporalLPIPS:
     differentiable = True
     maximised_by_still_video = True
 
     def __init__(self, frames: str | int = "all", net: str = "alex", net_weights: str = "default",
                  flow: str = "raft_small", flow_weights: str = "default", num_flow_updates: int = 12) -> None:
-        if frames == "random":
-            raise ValueError("t_lpips compares consecutive frames: frames='all' or an int n "
-                             "(every n-th frame), not 'random' (one frame)")
+        check_consecutive("t_lpips", frames)
         self.frames = frames
         self.lpips = load_lpips(net, net_weights)
         self.estimator = flow_estimator(flow, flow_weights, num_flow_updates)

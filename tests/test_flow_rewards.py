@@ -117,12 +117,28 @@ def test_flow_is_computed_once_per_frames_tensor():
         pair_flows(torch.rand(1, 1, 3, 8, 8), estimator)
 
 
+def go_offline(monkeypatch, tmp_path: Path) -> None:
+    """An empty torch hub cache and no network: torchvision's downloads fail."""
+    from torchvision.models import _api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
+
+
+def random_weights_file(tmp_path: Path, builder) -> str:
+    """A torchvision model's random weights (seed 0) as a state-dict file: what a user's own
+    download would be, without the download."""
+    torch.manual_seed(0)
+    path = tmp_path / f"{builder.__name__}_random.pth"
+    torch.save(builder(weights=None).state_dict(), path)
+    return str(path)
+
+
 def random_raft(tmp_path: Path) -> str:
     from torchvision.models.optical_flow import raft_small
-    torch.manual_seed(0)
-    path = tmp_path / "raft_small_random.pth"
-    torch.save(raft_small(weights=None).state_dict(), path)
-    return str(path)
+    return random_weights_file(tmp_path, raft_small)
 
 
 def test_raft_loads_a_weights_file_pads_odd_sizes_and_says_what_to_do_offline(tmp_path, monkeypatch):
@@ -131,12 +147,7 @@ def test_raft_loads_a_weights_file_pads_odd_sizes_and_says_what_to_do_offline(tm
     assert flow.shape == (2, 2, 20, 28) and torch.isfinite(flow).all()
     with pytest.raises(FileNotFoundError, match="random"):
         RAFTFlow("small", str(tmp_path / "missing.pth"))
-    from torchvision.models import _api
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
+    go_offline(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match=r"raft_small_C_T_V2-01064c6d\.pth.*farneback"):
         RAFTFlow("small", "default")
     with pytest.raises(RuntimeError, match=r"raft_large_C_T_V1-22a6c225\.pth"):  # a published set by name
@@ -239,10 +250,7 @@ def test_dynamic_degree_on_real_footage_a_still_video_is_static_and_a_pan_is_dyn
 
 def random_alexnet(tmp_path: Path) -> str:
     from torchvision.models import alexnet
-    torch.manual_seed(0)
-    path = tmp_path / "alexnet_random.pth"
-    torch.save(alexnet(weights=None).state_dict(), path)
-    return str(path)
+    return random_weights_file(tmp_path, alexnet)
 
 
 def test_t_lpips_loads_its_feature_network_like_every_weight_and_orders_real_footage(tmp_path, monkeypatch):
@@ -266,12 +274,7 @@ def test_t_lpips_loads_its_feature_network_like_every_weight_and_orders_real_foo
     assert torch.isfinite(pan.grad).all() and pan.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="at least 32 pixels"):
         reward(torch.rand(1, 3, 3, 16, 16), ["tiny"])
-    from torchvision.models import _api
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(_api.WeightsEnum, "get_state_dict", offline)
+    go_offline(monkeypatch, tmp_path)
     with pytest.raises(RuntimeError, match=r"alexnet-owt-7be5be79\.pth"):
         load_lpips("alex", "default")
     node = OmegaConf.load(ROOT / "conf" / "reward_fn" / "t_lpips.yaml")
