@@ -274,6 +274,8 @@ def test_clip_vid_is_clip_score_over_eight_evenly_spread_frames(folders):
     node = OmegaConf.load(Path(__file__).parents[1] / "conf" / "reward_fn" / "clip_vid.yaml")
     reward = instantiate(node, pretrained=str(folders["clip"]))
     assert isinstance(reward, ClipScore) and reward.num_frames_scored == 8
+    from rewards.clip_vid import ClipVid
+    assert type(reward) is ClipVid and ClipVid(pretrained=str(folders["clip"])).num_frames_scored == 8
     assert reward.scored_frames(16).tolist() == spread_indices(16, 8).tolist() == [0, 2, 4, 6, 9, 11, 13, 15]
     frames = torch.rand(2, 16, 3, 16, 16)
     same = build("clip_score", folders, num_frames_scored=8)
