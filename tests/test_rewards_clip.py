@@ -269,9 +269,7 @@ def test_training_raises_reward(name, folders, tmp_path):
 
 
 def test_clip_vid_is_clip_score_over_eight_evenly_spread_frames(folders):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-    node = OmegaConf.load(Path(__file__).parents[1] / "conf" / "reward_fn" / "clip_vid.yaml")
+    node = OmegaConf.load(CONF / "clip_vid.yaml")
     reward = instantiate(node, pretrained=str(folders["clip"]))
     assert isinstance(reward, ClipScore) and reward.num_frames_scored == 8
     from rewards.clip_vid import ClipVid
@@ -280,3 +278,18 @@ def test_clip_vid_is_clip_score_over_eight_evenly_spread_frames(folders):
     frames = torch.rand(2, 16, 3, 16, 16)
     same = build("clip_score", folders, num_frames_scored=8)
     assert torch.allclose(reward(frames, ["a", "b"])[0], same(frames, ["a", "b"])[0])
+
+
+def test_aesthetic_mean_min_scores_every_eighth_frame_by_mean_plus_worst(folders):
+    node = OmegaConf.load(CONF / "aesthetic_mean_min.yaml")
+    check_targets(compose_cfg("reward_fn=aesthetic_mean_min"))
+    part = node.parts.aesthetic.reward
+    assert (part.frames, part.aggregation) == (8, "mean+min")
+    node.parts.aesthetic.reward = OmegaConf.merge(part, overrides("aesthetic", folders))
+    reward = instantiate(node)
+    assert reward.frames == 8  # the trainer decodes every 8th frame and hands over just those
+    decoded = torch.rand(2, 17, 3, 16, 16)[:, ::8]              # frames 0, 8, 16
+    per_frame = build("aesthetic", folders, aggregation="mean")
+    scores = torch.stack([per_frame(decoded[:, i:i + 1], ["a", "b"])[0] for i in range(3)], 1)
+    expected = 0.5 * (scores.mean(1) + scores.min(1).values)
+    assert torch.allclose(reward(decoded, ["a", "b"])[0], expected, atol=1e-5)
