@@ -47,6 +47,11 @@ def centroid_drift(video: torch.Tensor, background: str) -> tuple[float, float]:
     return float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
 
 
+def spread(means: torch.Tensor) -> float:
+    """The largest pixel difference between one prompt's mean video and the prompts' average."""
+    return (means - means.mean(0)).abs().max().item()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="a world model folder (default: the shipped one)")
@@ -63,9 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         for motion, video in zip(MOTIONS, means):
             dx, dy = centroid_drift(video, background)
             print(f"  {motion:12s} dx {dx:+6.2f}  dy {dy:+6.2f}")
-        by_motion = (means - means.mean(0)).abs().max().item()
         colours = [Scene(c, shape, next(iter(MOTIONS)), background).prompt for c in ("red", "blue", "green")]
-        by_colour = (lambda m: (m - m.mean(0)).abs().max().item())(mean_videos(backbone, colours, t, args.noises))
+        by_motion, by_colour = spread(means), spread(mean_videos(backbone, colours, t, args.noises))
         print(f"  largest pixel change when only the motion word changes: {by_motion:.4f}; "
               f"when only the colour word changes: {by_colour:.4f}")
 

@@ -30,8 +30,9 @@ def check_frames(frames: torch.Tensor, prompts: list[str]) -> None:
 
 
 def luma(frames: torch.Tensor) -> torch.Tensor:
-    """Rec. 601 luma `(B, T, H, W)` of RGB frames `(B, T, 3, H, W)`."""
-    r, g, b = frames.unbind(dim=2)
+    """Rec. 601 luma `(..., H, W)` of RGB frames `(..., 3, H, W)`: videos `(B, T, 3, H, W)` or
+    images `(N, 3, H, W)`."""
+    r, g, b = frames.unbind(dim=-3)
     return 0.299 * r + 0.587 * g + 0.114 * b
 
 

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from rewards import luma
 from rewards.common import torchvision_state
 
 FLOW_METHODS = ("raft_small", "raft_large", "farneback")
@@ -89,18 +90,17 @@ class FarnebackFlow:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         def gray(x: torch.Tensor):
-            y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
-            return (y.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            return (luma(x).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
         flows = [self.cv2.calcOpticalFlowFarneback(p, q, None, *self.settings)
                  for p, q in zip(gray(a.detach().float()), gray(b.detach().float()))]
         return torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in flows]).to(a.device)
 
 
 def check_consecutive(name: str, frames: str | int) -> None:
-    """The rewards that compare frames with their neighbours need them in order."""
+    """The rewards that compare a video's frames with each other need several, in order."""
     if frames == "random":
-        raise ValueError(f"{name} compares consecutive frames: frames='all' or an int n (every "
-                         "n-th frame), not 'random' (one frame)")
+        raise ValueError(f"{name} compares a video's frames with each other: frames='all' or an "
+                         "int n (every n-th frame), not 'random' (one frame)")
 
 
 _ESTIMATORS: dict[tuple, Callable] = {}
@@ -122,7 +122,7 @@ def flow_estimator(method: str = "raft_small", weights: str = "default", num_flo
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Backward warp: out(x) = image(x + flow(x)), bilinear, borders repeated. image (N, C, H, W),
     flow (N, 2, H, W) in pixels; differentiable in the image (and in the flow)."""
-    n, _, h, w = image.shape
+    h, w = image.shape[-2:]
     ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=flow.dtype),
                             torch.arange(w, device=image.device, dtype=flow.dtype), indexing="ij")
     x = (xs + flow[:, 0]) * (2 / max(w - 1, 1)) - 1   # align_corners=True: -1 and 1 are pixel centres
@@ -139,6 +139,12 @@ def visible(backward: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
     mismatch = (backward + forward_there).square().sum(1, keepdim=True)
     scale = backward.square().sum(1, keepdim=True) + forward_there.square().sum(1, keepdim=True)
     return (mismatch <= ALPHA1 * scale + ALPHA2).to(backward.dtype)
+
+
+def visible_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` over the pixels `mask` keeps, per image: (..., C, H, W) -> (...); an
+    image with no visible pixel averages to 0 rather than dividing by zero."""
+    return (values * mask).flatten(-3).sum(-1) / mask.flatten(-3).sum(-1).clamp(min=1.0)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames
-from rewards.flow import check_consecutive, flow_estimator, pair_flows
+from rewards.flow import check_consecutive, flow_estimator, pair_flows, visible_mean
 
 
 class FlowSmoothness:
@@ -52,7 +52,7 @@ class FlowSmoothness:
         # The mask belongs to the later frame and this flow to the earlier one; both are per pixel
         # of one image grid, and the mask only drops pixels whose flow is unreliable.
         mask = flows.mask.flatten(0, 1)
-        field = ((roughness * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)).view(b, pairs).mean(1)
+        field = visible_mean(roughness, mask).view(b, pairs).mean(1)
         speed = flows.forward.norm(dim=2).flatten(1).mean(1)                # (B,) pixels per frame
         if pairs > 1:
             change = (flows.forward[:, 1:] - flows.forward[:, :-1]).norm(dim=2).flatten(1).mean(1)

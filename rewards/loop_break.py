@@ -8,9 +8,10 @@ series is its largest correlation with itself shifted by a lag of `min_lag` up t
 twice gives about 1 at its own length. This is the lagged correlation computed directly (the
 series are short), not the FFT's autocorrelation: that one is global, so the single jump where
 a looped clip restarts dominates it and hides the repeat (measured on bikes.mp4: 0.09 for a
-clip played twice against 0.37 for the clip once; docs/rewards.md). The video's loopiness is the motion-weighted mean
-over patches (patches that barely move say nothing), and the reward is minus it, in [-1, 1], or
-0 when the prompt asks for a loop (any of `loop_words`: "loop", "looping", "repeat", "cycle", ...).
+clip played twice against 0.37 for the clip once; docs/rewards.md). The video's loopiness is
+the motion-weighted mean over patches (patches that barely move say nothing), and the reward is
+minus it, in [-1, 1], or 0 when the prompt asks for a loop (any of `loop_words`: "loop",
+"looping", "repeat", "cycle", ...).
 
 Differentiable. A still video scores 0 (its series are flat), the best: `maximised_by_still_video`.
 """
@@ -26,7 +27,7 @@ from rewards import check_frames
 from rewards.flow import check_consecutive
 
 LOOP_WORDS = ("loop", "loops", "looping", "looped", "repeat", "repeats", "repeating", "repeated",
-              "cycle", "cycles", "cycling", "cyclic", "seamless loop")
+              "cycle", "cycles", "cycling", "cyclic")
 
 
 def asks_for_loop(prompt: str, words: tuple[str, ...] = LOOP_WORDS) -> bool:

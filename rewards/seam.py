@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames
-from rewards.flow import flow_estimator, pair_flows, warp_previous
+from rewards.flow import flow_estimator, pair_flows, visible_mean, warp_previous
 
 
 def seam_starts(num_frames: int, window: int, overlap: int) -> list[int]:
@@ -71,8 +71,7 @@ class Seam:
         flows = pair_flows(frames, self.estimator)
         x = frames.float()
         difference = (warp_previous(x, flows) - x[:, 1:]).abs().mean(2, keepdim=True)   # (B, T-1, 1, H, W)
-        mask = flows.mask.to(difference.dtype)
-        error = (difference * mask).flatten(2).sum(2) / mask.flatten(2).sum(2).clamp(min=1.0)  # (B, T-1)
+        error = visible_mean(difference, flows.mask.to(difference.dtype))                # (B, T-1)
         at_seam = torch.zeros(error.shape[1], dtype=torch.bool, device=error.device)
         at_seam[[s - 1 for s in seams]] = True                # pair index t joins frames t and t + 1
         seam_error, inside_error = error[:, at_seam].mean(1), error[:, ~at_seam].mean(1)

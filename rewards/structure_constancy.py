@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames, luma
-from rewards.flow import check_consecutive, flow_estimator, pair_flows, warp_previous
+from rewards.flow import check_consecutive, flow_estimator, pair_flows, visible_mean, warp_previous
 
 
 class StructureConstancy:
@@ -44,7 +44,6 @@ class StructureConstancy:
 
         ssim = self.kornia.metrics.ssim(edges(x[:, 1:]), edges(warped), self.window, max_val=1.0)
         mask = flows.mask.flatten(0, 1).to(ssim.dtype)
-        per_pair = (ssim * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
-        rewards = per_pair.view(b, pairs).mean(1)
+        rewards = visible_mean(ssim, mask).view(b, pairs).mean(1)
         return rewards.to(frames.dtype), {"structure_constancy_mean": rewards.detach().mean(),
                                           "visible_share": flows.mask.mean()}

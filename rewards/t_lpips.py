@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 from rewards import check_frames
 from rewards.common import torchvision_state
-from rewards.flow import check_consecutive, flow_estimator, pair_flows, warp_previous
+from rewards.flow import check_consecutive, flow_estimator, pair_flows, visible_mean, warp_previous
 
-# lpips' feature network -> torchvision's builder and published ImageNet weights (lpips uses these).
-NETS = {"alex": ("alexnet", "AlexNet_Weights"), "vgg": ("vgg16", "VGG16_Weights"),
-        "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights")}
+# lpips' feature network -> the torchvision weights enum of its published ImageNet weights
+# (alexnet, vgg16, squeezenet1_1: the models lpips builds).
+NETS = {"alex": "AlexNet_Weights", "vgg": "VGG16_Weights", "squeeze": "SqueezeNet1_1_Weights"}
 _CACHE: dict[tuple, Any] = {}
 
 
@@ -44,8 +44,7 @@ def load_lpips(net: str = "alex", net_weights: str = "default") -> torch.nn.Modu
             warnings.simplefilter("ignore", UserWarning)
             model = lpips.LPIPS(net=net, spatial=True, pnet_rand=True, verbose=False)
         if net_weights != "random":
-            builder, enum = NETS[net]
-            state = torchvision_state(getattr(tvm, enum).IMAGENET1K_V1, net_weights, "net_weights")
+            state = torchvision_state(getattr(tvm, NETS[net]).IMAGENET1K_V1, net_weights, "net_weights")
             # lpips splits the torchvision model's `features` into slices that keep each layer's
             # index as its name: slice2.3.weight is features.3.weight.
             own = {name: state[f"features.{name.split('.', 1)[1]}"]
@@ -82,6 +81,5 @@ class TemporalLPIPS:
         mask = flows.mask.flatten(0, 1).to(distance.dtype)
         if distance.shape[-2:] != mask.shape[-2:]:
             distance = F.interpolate(distance, size=mask.shape[-2:], mode="bilinear", align_corners=False)
-        per_pair = (distance * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1.0)
-        t_lpips = per_pair.view(b, pairs).mean(1)
+        t_lpips = visible_mean(distance, mask).view(b, pairs).mean(1)
         return (-t_lpips).to(frames.dtype), {"t_lpips": t_lpips.detach().mean()}
