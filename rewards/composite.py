@@ -5,6 +5,12 @@
     loss   = sum_i weight_i * shape_i(r_i)       shape: -grad_scale * r (target null), or
                                                  grad_scale * |r - target| (VADER's aesthetic loss)
 
+Parts without gradients (dynamic_degree, flow_smoothness, caption_consistency) may join: GRPO
+and evaluation score every part, and reward-gradient training keeps only the parts with gradients
+(`differentiable_parts`, called by vader/build.py, which says in the log which it left out).
+A composite counts as maximised by a still video (so training adds the motion guard,
+rewards/motion_floor.py) when such parts hold at least half of its total |weight|.
+
 Decoding is the expensive part of a reward step, so the composite asks the trainer for the
 frames its parts ask for when they all agree, and for all frames otherwise; each part then picks
 its own frames ("random": one per video; n: every n-th) from what was decoded. A "random" pick
@@ -28,13 +34,12 @@ from vader.protocols import info_numbers
 
 
 class Composite:
-    differentiable = True
     picks_frames = True  # takes the caller's generators: vader.frames.score passes them
 
     def __init__(self, parts: dict[str, dict[str, Any]]) -> None:
         if not parts:
             raise ValueError("reward_fn.parts is empty: give at least one part with a `reward`")
-        self.parts = {}
+        self.parts, self.specs = {}, dict(parts)
         for name, part in dict(parts).items():
             part = dict(part)
             unknown = set(part) - {"reward", "weight", "target", "grad_scale"}
@@ -42,14 +47,33 @@ class Composite:
                 raise ValueError(f"reward_fn.parts.{name} needs `reward` and may have weight, "
                                  f"target, grad_scale; got {sorted(part)}")
             reward = part["reward"]
-            if not getattr(reward, "differentiable", False):
-                raise ValueError(f"reward_fn.parts.{name} ({type(reward).__name__}) is not "
-                                 "differentiable, so it cannot be part of a training reward")
             check_frame_spec(reward.frames, 1)
             self.parts[name] = (reward, float(part.get("weight", 1.0)), part.get("target"),
                                 float(part.get("grad_scale", 1.0)))
         specs = {reward.frames for reward, *_ in self.parts.values()}
         self.frames = specs.pop() if len(specs) == 1 else "all"
+        self.without_gradients = [name for name, (reward, *_) in self.parts.items()
+                                  if not reward.differentiable]
+        self.differentiable = not self.without_gradients
+        total = sum(abs(w) for _, w, *_ in self.parts.values())
+        still = sum(abs(w) for r, w, *_ in self.parts.values()
+                    if getattr(r, "maximised_by_still_video", False))
+        self.maximised_by_still_video = total > 0 and still >= 0.5 * total
+
+    @property
+    def why_not_differentiable(self) -> str:
+        return f"parts {self.without_gradients} have no gradients"
+
+    def differentiable_parts(self, say=print) -> "Composite":
+        """This composite with only its parts that have gradients, for reward-gradient training
+        (itself when every part has them, or none does: the algorithm then refuses it)."""
+        if self.differentiable or len(self.without_gradients) == len(self.parts):
+            return self
+        kept = {n: p for n, p in self.specs.items() if n not in self.without_gradients}
+        say(f"reward gradients train on the composite's parts with gradients ({', '.join(kept)}); "
+            f"left out, having none: {', '.join(self.without_gradients)} (algorithm=grpo uses "
+            "every part)")
+        return Composite(kept)
 
     def check_prompts(self, prompts: list[str]) -> None:
         """Each part's own prompt check (rewards that match classes to prompts have one)."""

@@ -31,9 +31,38 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     backbone = build(cfg.backbone)
     reward_name = reward_name or cfg.reward_fn._target_.split(".")[-2]
     eval_rewards = {name: build(node) for name, node in eval_cfgs.items() if name != reward_name}
-    return Trainer(settings, algorithm, backbone, build(cfg.reward_fn), prompts, run_dir,
+    reward = build(cfg.reward_fn)
+    if getattr(algorithm, "needs_reward_gradient", False) and hasattr(reward, "differentiable_parts") \
+            and not settings.only_val:
+        reward = reward.differentiable_parts(accelerator.print)
+    reward = guard_reward(reward, reward_name, settings, accelerator.print)
+    return Trainer(settings, algorithm, backbone, reward, prompts, run_dir,
                    accelerator, reward_name=reward_name, eval_rewards=eval_rewards,
                    embed=make_embedder(settings.eval_embedding), data=data)
+
+
+def guard_reward(reward: Any, name: str, settings: Any, say: Any = print) -> Any:
+    """The training reward with the motion floor (rewards/motion_floor.py) when
+    `motion_guard.enabled` asks for it: `auto` adds it to a reward a still video maximises.
+    Evaluation-only runs train nothing and get the reward as it is. `say` tells the log when
+    such a reward trains without it (the trainer says when it is on, once it knows the floor)."""
+    from rewards.motion_floor import MotionFloor, maximised_by_still_video
+
+    guard = settings.motion_guard
+    mode = str(guard.enabled).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ValueError(f"motion_guard.enabled={guard.enabled!r}: use auto, true or false")
+    still = maximised_by_still_video(reward)
+    if settings.only_val or mode == "false" or (mode == "auto" and not still):
+        if still and not settings.only_val:
+            say(f"motion guard off (motion_guard.enabled=false): {name} is maximised by a still "
+                "video, and nothing keeps training from freezing it; the evaluation flags a run "
+                "whose motion falls by more than 30%")
+        return reward
+    return MotionFloor(reward, margin=guard.margin, weight=guard.weight, measure=guard.measure,
+                       reference=guard.reference, reference_videos=guard.reference_videos,
+                       flow=guard.flow, flow_weights=guard.flow_weights,
+                       num_flow_updates=guard.num_flow_updates)
 
 
 def build_data(cfg: DictConfig, algorithm: Any) -> list | None:

@@ -39,6 +39,20 @@ class DataConfig:
 
 
 @dataclass
+class MotionGuardConfig:
+    """The motion floor added to rewards a still video maximises (rewards/motion_floor.py)."""
+    enabled: str = "auto"           # auto: when the reward declares it | true | false
+    margin: float = 0.3             # motion below (1 - margin) x the base model's is penalised
+    weight: float = 1.0             # penalty per unit of motion lost below the floor, relative to the base's
+    measure: str = "frame_difference"  # frame_difference (has gradients) | flow (mean flow magnitude; GRPO)
+    reference: float | None = None  # the base model's motion; null: measured before training
+    reference_videos: int = 4       # base-model videos of training prompts it is measured on
+    flow: str = "farneback"         # measure=flow: farneback | raft_small | raft_large
+    flow_weights: str = "default"   # RAFT's weights (rewards/flow.py)
+    num_flow_updates: int = 12      # RAFT's refinement iterations
+
+
+@dataclass
 class TrainConfig:
     algorithm: Any = MISSING
     backbone: Any = MISSING
@@ -47,6 +61,7 @@ class TrainConfig:
     dataset: Any = None
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    motion_guard: MotionGuardConfig = field(default_factory=MotionGuardConfig)
     seed: int = 0
     num_steps: int = 40
     train_batch_size: int = 1

@@ -92,7 +92,13 @@ class Reward(Protocol):
     `scored_frames(n) -> LongTensor`, the sorted indices of those frames out of n, such that
     calling it on just them gives the same score; the trainer then decodes only those
     (`vader.frames.frames_to_decode`). It is not a member here, so rewards without it still
-    satisfy the protocol."""
+    satisfy the protocol.
+
+    Optional too: `maximised_by_still_video`, True for a reward a frozen video scores best
+    (training then adds the motion guard, rewards/motion_floor.py). A training-only wrapper (the
+    guard) names what it wraps as `unguarded`, which evaluation reports instead; one that must see
+    the base model first has `reference` (None until then) and `calibrate(frames, prompts)`, and
+    keeps what it learned across a resume with `training_state()` / `load_training_state()`."""
 
     frames: str | int
     differentiable: bool
@@ -164,7 +170,8 @@ class Algorithm(Protocol):
     none. Every random choice in `plan(step)` derives from the seed and `step`, so a resumed run
     repeats exactly what an uninterrupted one would do.
 
-    Optional, not members (the loop looks for them): `state_dict()` / `load_state_dict(state)`,
+    Optional, not members (the loop looks for them): `needs_reward_gradient` (the build then
+    hands it only a composite reward's parts with gradients), `state_dict()` / `load_state_dict(state)`,
     what the algorithm must carry across a resume (kept in the checkpoint's training state), and
     `report()`, numbers for the run's summary (eval/summary.json, under "training").
     """

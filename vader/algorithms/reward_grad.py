@@ -29,6 +29,7 @@ from vader.sampling.seeds import TRAIN, generator_seed
 class RewardGradient:
     progress = ("loss", "reward")
     data = None  # learns from its own samples
+    needs_reward_gradient = True  # the build gives it a composite's parts with gradients only
 
     def check(self, cfg: Any, num_processes: int) -> None:
         check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,
@@ -36,9 +37,11 @@ class RewardGradient:
 
     def check_models(self, cfg: Any, backbone: Backbone, reward: Reward) -> None:
         if not reward.differentiable:
-            raise ValueError(f"reward {type(reward).__name__} is not differentiable, so reward-"
-                             "gradient training cannot use it; use algorithm=grpo (no reward "
-                             "gradient needed), or evaluate with only_val=True")
+            why = getattr(reward, "why_not_differentiable", f"{type(reward).__name__} is not "
+                          "differentiable")
+            raise ValueError(f"reward {why}, so reward-gradient training cannot use it; use "
+                             "algorithm=grpo (no reward gradient needed), or evaluate with "
+                             "only_val=True")
         if hasattr(reward, "loss") and (cfg.loss.target is not None or cfg.loss.grad_scale != 1):
             raise ValueError(f"{type(reward).__name__} shapes its own loss per part; set target "
                              "and grad_scale in reward_fn.parts.<name> instead of "

@@ -98,7 +98,14 @@ def _video_name(prompt_index: int, prompt: str, seed: int) -> str:
 def _generate(backbone: Backbone, model: nn.Module, prompts: list[str], seeds: list[int],
               spec: VideoSpec, accelerator: Accelerator) -> torch.Tensor:
     # The noise of evaluation seed s, the same for base and tuned and for every prompt.
-    noise_seeds = [generator_seed(EVAL, s) for s in seeds]
+    return generate(backbone, model, prompts, [generator_seed(EVAL, s) for s in seeds], spec,
+                    accelerator)
+
+
+def generate(backbone: Backbone, model: nn.Module, prompts: list[str], noise_seeds: list[int],
+             spec: VideoSpec, accelerator: Accelerator) -> torch.Tensor:
+    """Frames `(B, T, C, H, W)` of `model` (as it is: wrap it in `lora_disabled` for the base),
+    the video of each prompt from the noise of its generator seed (vader.sampling.seeds)."""
     noise = make_noise(backbone.latent_shape(len(prompts), spec.num_frames, spec.height, spec.width),
                        noise_seeds, accelerator.device)
     with accelerator.autocast():

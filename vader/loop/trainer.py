@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import random
 import signal
 import sys
 import time
@@ -19,14 +20,17 @@ from tqdm.auto import tqdm
 
 from vader.config import TrainConfig
 from vader.data.prompts import PromptSource
-from vader.evaluation.evaluate import Embedder, VideoSpec, evaluate, headline, set_lora_dropout
+from vader.data.order import prompt_at
+from vader.evaluation.evaluate import (Embedder, VideoSpec, evaluate, generate, headline,
+                                       lora_disabled, set_lora_dropout)
 from vader.evaluation.stats import pixel_embedding
-from vader.frames import check_frames
+from vader.frames import check_frames, frames_to_decode
 from vader.io.video import SUPPORTED_SUFFIXES
 from vader.loop import checkpoint as ckpt
 from vader.loop.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
 from vader.loop.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
 from vader.protocols import Algorithm, Backbone, Reward, Run
+from vader.sampling.seeds import CALIBRATE, generator_seed
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -79,8 +83,9 @@ class Trainer:
         self.cfg, self.algorithm, self.backbone, self.reward, self.prompts = \
             cfg, algorithm, backbone, reward, prompts
         # The training reward first: evaluation reports it, then the others (generalisation).
-        self.rewards = {reward_name: reward, **{k: v for k, v in (eval_rewards or {}).items()
-                                                 if k != reward_name}}
+        # A guard (the motion floor) is training's business: evaluation scores the reward itself.
+        self.rewards = {reward_name: getattr(reward, "unguarded", reward),
+                        **{k: v for k, v in (eval_rewards or {}).items() if k != reward_name}}
         self.reward_name, self.embed, self.data = reward_name, embed, data
         # Rewards that read a class from each prompt check every prompt now, on every process,
         # rather than failing on one process mid-run while the others wait in a collective.
@@ -128,6 +133,10 @@ class Trainer:
             folder = ckpt.latest_checkpoint(self.run_dir / "checkpoints") if mode == "auto" else None
         if folder is not None and not cfg.only_val:
             self._resume(folder)
+        if hasattr(self.reward, "calibrate") and not cfg.only_val:
+            if self.reward.reference is None:  # not given, not resumed
+                self._calibrate_reward()
+            acc.print(self.reward.describe(self.reward_name))
         if cfg.logger != "none":
             acc.init_trackers("vader", config={k: v for k, v in vars(cfg).items()
                                                if isinstance(v, (int, float, str, bool))})
@@ -145,6 +154,8 @@ class Trainer:
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
         self.nonfinite.load_state_dict(state.get("nonfinite", {}))  # absent from older checkpoints
+        if hasattr(self.reward, "load_training_state"):
+            self.reward.load_training_state(state.get("reward", {}))
         if hasattr(self.algorithm, "load_state_dict"):
             self.algorithm.load_state_dict(state.get("algorithm", {}))
         if self.accelerator.scaler is not None and "scaler" in state:
@@ -154,6 +165,21 @@ class Trainer:
         self.metrics.truncate(self.step, keep_val_at_step=self.step < self.cfg.num_steps)
         self.last_checkpoint = folder
         self.accelerator.print(f"resumed from {folder} at step {self.step}")
+
+    def _calibrate_reward(self) -> None:
+        """Show a reward that measures itself against the base model (the motion guard) the
+        base model's videos of `reference_videos` training prompts, decoded as for training.
+        Every process makes the same videos from the same seeds, so all agree on the result."""
+        cfg, n, batch = self.cfg, self.reward.reference_videos, self.cfg.val_batch_size
+        prompts = [prompt_at(self.prompts.train, cfg.seed, i) for i in range(n)]
+        seeds = [generator_seed(CALIBRATE, cfg.seed, i) for i in range(n)]
+        model = self.accelerator.unwrap_model(self.model)
+        with torch.no_grad(), lora_disabled(model):
+            frames = torch.cat([generate(self.backbone, model, prompts[i:i + batch],
+                                         seeds[i:i + batch], self.spec, self.accelerator)
+                                for i in range(0, n, batch)])
+        index = frames_to_decode(self.reward, cfg.num_frames, random.Random(cfg.seed))
+        self.reward.calibrate(frames if index is None else frames[:, index.to(frames.device)], prompts)
 
     # --- training --------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -246,7 +272,7 @@ class Trainer:
     def _periodic_evaluation(self) -> None:
         """The tuned model on the training reward only: a cheap point on the reward curve."""
         self.evaluate(self.run_dir / "eval" / ckpt.step_dir_name(self.step), models=("tuned",),
-                      rewards={self.reward_name: self.reward}, gallery=False,
+                      rewards={self.reward_name: self.rewards[self.reward_name]}, gallery=False,
                       on_summary=self._log_val)
 
     def final_evaluation(self) -> dict:
@@ -273,6 +299,8 @@ class Trainer:
                      "torch_rng": torch.get_rng_state(), "nonfinite": self.nonfinite.state_dict()}
             if hasattr(self.algorithm, "state_dict"):
                 state["algorithm"] = self.algorithm.state_dict()
+            if hasattr(self.reward, "training_state"):  # the motion guard's reference
+                state["reward"] = self.reward.training_state()
             if acc.scaler is not None:  # fp16: the loss scale it has found, and its growth count
                 state["scaler"] = acc.scaler.state_dict()
             return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,

@@ -16,6 +16,7 @@ ETA = "eta"  # DDIM eta noise of denoising step `index` of the video whose noise
 STEPS = "steps"  # which denoising steps GRPO trains, for training video `index` (+ ":<epoch>")
 WINDOW = "window"  # where a training clip's frames start (vader.data.loader)
 TIMESTEP = "timestep"  # the noise level and caption dropout of data sample `index` (SFT, DPO)
+CALIBRATE = "calibrate"  # base-model video `index` a reward measures itself against (the motion guard)
 
 
 def generator_seed(purpose: str, seed: int, index: int = 0) -> int:
