@@ -21,10 +21,34 @@ import torch.nn.functional as F
 
 from backbones.loading import Source, check_source
 from rewards import check_frames
-from rewards.clip_hf import read_image_settings
+from rewards.clip_hf import ImageSettings, read_image_settings
 from rewards.common import flatten_frames, resize_crop_normalize
 from rewards.flow import check_consecutive
 from rewards.video_models import clip_scored_frames, load_cached, sample_clip
+
+
+def load_dinov2(pretrained: str, dtype: str, **kwargs: Any) -> tuple[Any, ImageSettings]:
+    """A frozen transformers Dinov2Model and its preprocessor settings from a hub id or folder,
+    checked first so that a missing model fails with an error naming reward_fn.pretrained; loaded
+    once per process and shared (identity_lock, novelty_after_k, framing)."""
+    from transformers import Dinov2Model  # heavy: imported when a reward is built
+    key = "reward_fn.pretrained"
+    check_source(Source(key, pretrained, "config.json"))
+    settings = read_image_settings(pretrained, key)
+    return load_cached(Dinov2Model, key, pretrained, dtype, **kwargs), settings
+
+
+def dinov2_embed(model: Any, settings: ImageSettings, images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> (N, D) unit-length float32 CLS embeddings (`pooler_output`, the
+    layer-normed CLS token), preprocessed differentiably as the checkpoint's processor does. The
+    model follows the images to their device (the trainer moves only the backbone)."""
+    weights = next(model.parameters())
+    if weights.device != images.device:
+        model.to(images.device)
+    s = settings
+    pixels = resize_crop_normalize(images.float(), s.size, s.crop, s.mean, s.std, s.mode)
+    embedded = model(pixel_values=pixels.to(weights.dtype)).pooler_output
+    return F.normalize(embedded.float(), dim=-1)
 
 
 class IdentityLock:
@@ -33,15 +57,11 @@ class IdentityLock:
 
     def __init__(self, pretrained: str = "facebook/dinov2-small", frames: str | int = "all",
                  keyframes: int = 4, dtype: str = "fp32") -> None:
-        from transformers import Dinov2Model
         check_consecutive("identity_lock", frames)
         if keyframes < 2:
             raise ValueError(f"identity_lock keyframes={keyframes}: at least 2 to compare")
         self.frames, self.keyframes = frames, keyframes
-        key = "reward_fn.pretrained"
-        check_source(Source(key, pretrained, "config.json"))
-        self.settings = read_image_settings(pretrained, key)
-        self.model = load_cached(Dinov2Model, key, pretrained, dtype)
+        self.model, self.settings = load_dinov2(pretrained, dtype)
 
     def scored_frames(self, num_frames: int) -> torch.Tensor:
         """The keyframes, out of `num_frames` (see vader.protocols.Reward)."""
@@ -53,11 +73,7 @@ class IdentityLock:
             raise ValueError("identity_lock needs at least 2 frames per video")
         keys = sample_clip(frames, min(self.keyframes, frames.shape[1]))     # (B, K, 3, H, W)
         b, k = keys.shape[:2]
-        s = self.settings
-        pixels = resize_crop_normalize(flatten_frames(keys).float(), s.size, s.crop, s.mean, s.std, s.mode)
-        weights = next(self.model.parameters())
-        embedded = self.model(pixel_values=pixels.to(weights.device, weights.dtype)).pooler_output
-        embedded = F.normalize(embedded.float(), dim=-1).view(b, k, -1)
+        embedded = dinov2_embed(self.model, self.settings, flatten_frames(keys)).view(b, k, -1)
         cosine = embedded @ embedded.transpose(1, 2)                          # (B, K, K)
         pairs = torch.triu_indices(k, k, offset=1, device=cosine.device)
         similarity = cosine[:, pairs[0], pairs[1]].mean(1)
