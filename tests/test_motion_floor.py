@@ -104,6 +104,7 @@ def test_auto_guards_exactly_the_rewards_a_still_video_maximises_and_false_says_
     assert guard_reward(still, "still", settings("false"), said.append) is still
     assert len(said) == 1 and "motion guard off" in said[0] and "still" in said[0]
     assert guard_reward(still, "still", settings(only_val=True), said.append) is still
+    assert guard_reward(still, "still", settings(), said.append, trained=False) is still  # SFT
     with pytest.raises(ValueError, match="motion_guard.enabled='maybe'"):
         guard_reward(still, "still", settings("maybe"))
 

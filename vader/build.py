@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vader.config import check_targets, eval_reward_configs
+from vader.config import check_targets, eval_reward_configs, expand_metrics
 from vader.loop.trainer import Trainer, check_settings, make_accelerator
 
 
@@ -17,7 +17,9 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     anything is built or written. `reward_name` is the reward_fn option chosen (train.py passes
     Hydra's choice); by default the reward's module."""
     check_targets(cfg)
-    eval_cfgs = eval_reward_configs(list(cfg.eval_rewards), cfg.eval_reward_args)
+    metrics = expand_metrics(list(cfg.eval_metrics))
+    eval_cfgs = eval_reward_configs([*cfg.eval_rewards, *(m for m in metrics if m not in cfg.eval_rewards)],
+                                    cfg.eval_reward_args)
     settings = OmegaConf.to_object(cfg)
     check_settings(settings)
     algorithm = build(cfg.algorithm)
@@ -35,16 +37,21 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     if getattr(algorithm, "needs_reward_gradient", False) and hasattr(reward, "differentiable_parts") \
             and not settings.only_val:
         reward = reward.differentiable_parts(accelerator.print)
-    reward = guard_reward(reward, reward_name, settings, accelerator.print)
+    # An algorithm that learns from a dataset (SFT, offline DPO) uses the reward to evaluate only.
+    reward = guard_reward(reward, reward_name, settings, accelerator.print,
+                          trained=getattr(algorithm, "data", None) is None)
     return Trainer(settings, algorithm, backbone, reward, prompts, run_dir,
                    accelerator, reward_name=reward_name, eval_rewards=eval_rewards,
-                   embed=make_embedder(settings.eval_embedding), data=data)
+                   embed=make_embedder(settings.eval_embedding), data=data,
+                   metrics=[m for m in metrics if m != reward_name],
+                   set_metrics=make_set_metrics(settings, Path(run_dir), accelerator))
 
 
-def guard_reward(reward: Any, name: str, settings: Any, say: Any = print) -> Any:
+def guard_reward(reward: Any, name: str, settings: Any, say: Any = print, trained: bool = True) -> Any:
     """The training reward with the motion floor (rewards/motion_floor.py) when
     `motion_guard.enabled` asks for it: `auto` adds it to a reward a still video maximises.
-    Evaluation-only runs train nothing and get the reward as it is. `say` tells the log when
+    Evaluation-only runs, and algorithms that learn from data and only evaluate with the reward
+    (`trained` False), get the reward as it is. `say` tells the log when
     such a reward trains without it (the trainer says when it is on, once it knows the floor)."""
     from rewards.motion_floor import MotionFloor, maximised_by_still_video
 
@@ -53,8 +60,10 @@ def guard_reward(reward: Any, name: str, settings: Any, say: Any = print) -> Any
     if mode not in ("auto", "true", "false"):
         raise ValueError(f"motion_guard.enabled={guard.enabled!r}: use auto, true or false")
     still = maximised_by_still_video(reward)
-    if settings.only_val or mode == "false" or (mode == "auto" and not still):
-        if still and not settings.only_val:
+    if settings.only_val or not trained:
+        return reward
+    if mode == "false" or (mode == "auto" and not still):
+        if still:
             say(f"motion guard off (motion_guard.enabled=false): {name} is maximised by a still "
                 "video, and nothing keeps training from freezing it; the evaluation flags a run "
                 "whose motion falls by more than 30%")
@@ -92,6 +101,33 @@ def build_data(cfg: DictConfig, algorithm: Any) -> list | None:
         raise ValueError(f"{name} learns from {kind}, but {cfg.dataset._target_} lists "
                          f"{'clips' if isinstance(items[0], Clip) else 'pairs'}; use {fix}")
     return items
+
+
+def make_set_metrics(settings: Any, run_dir: Path, accelerator: Any) -> dict[str, Any]:
+    """FVD when `fvd.reference` names real videos (a folder of them, or a manifest table). Its
+    reference statistics are computed now, before the backbone loads, so a bad folder fails first;
+    the main process writes them to the cache, the others then read it."""
+    from vader.data.manifests import folder, manifest
+    from vader.evaluation.fvd import FVDMetric, reference_stats, video_features
+
+    fvd = settings.fvd
+    if fvd.reference is None:
+        return {}
+    path = Path(fvd.reference).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"fvd.reference={fvd.reference!r} does not exist: give a folder of "
+                                "real videos or a manifest table with a `video` column")
+    clips = folder(path) if path.is_dir() else manifest(path)
+    extractor = video_features(fvd.extractor, fvd.weights, device=accelerator.device)
+    cache = Path(fvd.cache).expanduser() if fvd.cache else run_dir / "fvd_reference.pt"
+    stats = lambda: reference_stats(clips, extractor, settings.num_frames, settings.height,  # noqa: E731
+                                    settings.width, fps=settings.fps, cache=cache)
+    if accelerator.is_main_process:
+        reference = stats()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        reference = stats()
+    return {"fvd": FVDMetric(extractor, reference)}
 
 
 def make_embedder(name: str):

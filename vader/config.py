@@ -53,6 +53,15 @@ class MotionGuardConfig:
 
 
 @dataclass
+class FVDConfig:
+    """FVD against real videos in every final evaluation (vader/evaluation/fvd.py)."""
+    reference: str | None = None    # real videos: a folder of them or a manifest table; null: no FVD
+    extractor: str = "i3d"          # i3d (the FVD literature's Kinetics-400 I3D) | tiny (random: tests)
+    weights: str = "default"        # i3d: default (torch hub cache, else download) | the file's path
+    cache: str | None = None        # reference statistics file; null: <run dir>/fvd_reference.pt
+
+
+@dataclass
 class TrainConfig:
     algorithm: Any = MISSING
     backbone: Any = MISSING
@@ -104,6 +113,8 @@ class TrainConfig:
     eval_rewards: list[str] = field(default_factory=list)
     eval_reward_args: dict[str, Any] = field(default_factory=dict)
     eval_embedding: str = "pixels"
+    eval_metrics: list[str] = field(default_factory=list)
+    fvd: FVDConfig = field(default_factory=FVDConfig)
     run_name: str = MISSING
 
 
@@ -156,20 +167,44 @@ def check_targets(cfg: DictConfig | ListConfig, path: str = "") -> None:
             check_targets(node, f"{path}.{key}" if path else str(key))
 
 
+# Named sets `eval_metrics` may hold: VBench's dimensions that need no prompt categories (Huang et
+# al., CVPR 2024), imaging quality added where pyiqa (its MUSIQ) is installed; and the temporal
+# monitors of docs/rewards.md (FVD joins them through `fvd.reference`).
+METRIC_SETS = {
+    "vbench": ["subject_consistency", "background_consistency", "dynamic_degree",
+               "aesthetic_quality", "temporal_flickering"],
+    "monitoring": ["t_lpips", "clip_vid", "seam", "identity_lock", "loop_break"],
+}
+
+
+def expand_metrics(names: list[str]) -> list[str]:
+    """`eval_metrics` with its sets spelt out, each name once, in order."""
+    import importlib.util
+    out: list[str] = []
+    for name in names:
+        more = METRIC_SETS.get(name, [name])
+        if name == "vbench" and importlib.util.find_spec("pyiqa") is not None:
+            more = [*more, "imaging_quality"]
+        out += [m for m in more if m not in out]
+    return out
+
+
 def eval_reward_configs(names: list[str], args: DictConfig | dict) -> dict[str, DictConfig]:
-    """The reward_fn options named by `eval_rewards`, composed from conf/reward_fn/ exactly as
-    `reward_fn=<name>` would be, with `eval_reward_args.<name>` merged in; checked, not built."""
+    """The reward_fn options named by `eval_rewards` and `eval_metrics`, composed from
+    conf/reward_fn/ exactly as `reward_fn=<name>` would be, with `eval_reward_args.<name>` merged
+    in; checked, not built."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     unknown = set(args or {}) - set(names)
     if unknown:
         raise ValueError(f"eval_reward_args names {sorted(unknown)}, which are not in "
-                         f"eval_rewards={names}; add them to eval_rewards or remove the args")
+                         f"eval_rewards or eval_metrics ({names}); add them there or remove the args")
     options = sorted(p.stem for p in (CONF_DIR / "reward_fn").glob("*.yaml"))
     for name in names:
         if name not in options:
-            raise ValueError(f"eval_rewards: no reward_fn option {name!r}; choose from {options}")
+            raise ValueError(f"eval_rewards / eval_metrics: no reward_fn option {name!r}; choose "
+                             f"from {options} (or, in eval_metrics, {sorted(METRIC_SETS)})")
     if not names:
         return {}
 

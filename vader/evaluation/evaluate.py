@@ -116,6 +116,16 @@ def generate(backbone: Backbone, model: nn.Module, prompts: list[str], noise_see
         return backbone.decode(latents).float()
 
 
+@torch.no_grad()
+def base_videos(backbone: Backbone, model: nn.Module, prompts: list[str], noise_seeds: list[int],
+                spec: VideoSpec, accelerator: Accelerator, batch_size: int) -> torch.Tensor:
+    """The base model's (LoRA off) videos of `prompts`, `batch_size` at a time."""
+    with lora_disabled(model):
+        return torch.cat([generate(backbone, model, prompts[i:i + batch_size],
+                                   noise_seeds[i:i + batch_size], spec, accelerator)
+                          for i in range(0, len(prompts), batch_size)])
+
+
 def _score(rewards: dict[str, Reward], frames: torch.Tensor, prompts: list[str],
            seeds: list[int], accelerator: Accelerator) -> dict[str, list[float]]:
     """Every reward on the frames it asks for; a reward that picks random frames (itself or,
@@ -140,13 +150,15 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
              out_dir: Path | None = None, models: tuple[str, ...] = MODELS,
              embed: Embedder = eval_stats.pixel_embedding, fps: int = 8,
              title: str = "", checkpoint: str | None = None, gallery: bool = True,
-             on_summary: Callable[[dict], None] | None = None, video_format: str = "mp4") -> dict:
+             on_summary: Callable[[dict], None] | None = None, video_format: str = "mp4",
+             set_metrics: dict[str, Any] | None = None) -> dict:
     """Generate, score and measure every (prompt, seed) with each of `models` ("base": LoRA
     disabled, "tuned": as loaded). The first reward is the training reward. `on_summary` runs on
     every process once the numbers are in, before the report is written (the trainer logs them
     and draws the reward curve the gallery shows). The main process writes everything into
     `out_dir`, each video once as `video_format` (mp4 or gif); every process returns the
-    summary."""
+    summary. `set_metrics` score each model's videos as a set (FVD, vader/evaluation/fvd.py):
+    each has `features(frames) -> (B, D)` and `score(features (N, D)) -> float`."""
     if not rewards:
         raise ValueError("evaluation needs at least one reward")
     set_lora_dropout(model, False)  # the tuned model as it will be used: deterministic
@@ -158,7 +170,8 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
     mine = items[rank::world]
     rounds = math.ceil(math.ceil(len(items) / world) / batch_size)  # the same on every process
     write = out_dir is not None and accelerator.is_main_process
-    rows, embeddings = [], {}
+    rows, embeddings, set_metrics = [], {}, set_metrics or {}
+    features: dict[tuple[str, str], list[torch.Tensor]] = {}  # (metric, model) -> per video
     bar = tqdm(total=len(items) * len(models), desc="evaluating", unit="video", leave=False,
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     for r in range(rounds):
@@ -172,14 +185,18 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
             scores = _score(rewards, frames, batch_prompts, batch_seeds, accelerator)
             moved = eval_stats.motion(frames).cpu().tolist()
             embedded = embed(frames).float().cpu()
+            featured = {k: m.features(frames).double().cpu() for k, m in set_metrics.items()}
             for j, (pi, prompt, seed) in enumerate(chunk):
                 local.append({"prompt_index": pi, "prompt": prompt, "seed": seed, "model": model_name,
                               "motion": moved[j], **{k: v[j] for k, v in scores.items()},
                               "embedding": embedded[j],
+                              "features": {k: v[j] for k, v in featured.items()},
                               "video": (frames[j] * 255).round().to(torch.uint8).cpu()})
         gathered = gather_object(local) if world > 1 else local
         for row in gathered:
             video, embedding = row.pop("video"), row.pop("embedding")
+            for key, value in row.pop("features").items():
+                features.setdefault((key, row["model"]), []).append(value)
             embeddings[(row["model"], row["prompt_index"], row["seed"])] = embedding
             name = _video_name(row["prompt_index"], row["prompt"], row["seed"])
             row["video"] = f"videos/{row['model']}/{name}.{video_format}"
@@ -197,6 +214,9 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
                "prompts": list(prompts), "seeds": list(seeds), "settings": settings(spec),
                "num_videos": len(rows),
                **eval_stats.summarise(rows, metric_keys, list(models), embeddings)}
+    for (key, model), values in features.items():  # lower is better; no paired comparison
+        summary["per_model"][model][key] = set_metrics[key].score(torch.stack(values))
+    summary["set_metrics"] = list(set_metrics)
     summary["flags"] = eval_stats.hacking_flags(summary)
     if on_summary is not None:
         on_summary(summary)
@@ -223,8 +243,9 @@ def write_outputs(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
         plots = []
         if plot_base_vs_tuned(rows, summary, out_dir / "plots" / "base_vs_tuned.png"):
             plots.append("plots/base_vs_tuned.png")
-        if (out_dir / "plots" / "reward_over_steps.png").is_file():
-            plots.insert(0, "plots/reward_over_steps.png")
+        for name in ("metrics_over_steps.png", "reward_over_steps.png"):  # drawn by the trainer
+            if (out_dir / "plots" / name).is_file():
+                plots.insert(0, f"plots/{name}")
         write_gallery(out_dir, rows, summary, plots)
 
 
@@ -241,5 +262,8 @@ def headline(summary: dict[str, Any]) -> str:
             text += (f", tuned wins {cmp['win_rate']:.0%} [{cmp['ci_low']:.0%}, "
                      f"{cmp['ci_high']:.0%}] of {cmp['pairs']} pairs ({cmp['verdict']})")
         lines.append(text)
+    for key in summary.get("set_metrics", []):
+        lines.append(f"held-out {key} (lower is better): " + ", ".join(
+            f"{m} {summary['per_model'][m][key]:.4g}" for m in summary["models"]))
     lines += summary.get("flags", [])
     return "\n".join(lines)

@@ -137,6 +137,10 @@ def _summary_table(summary: dict) -> str:
     # Diversity is one number per model (spread across seeds), so it has no paired comparison.
     cells = "".join(f"<td>{_fmt(per_model.get(m, {}).get('diversity'))}</td>" for m in models)
     body.append(f"<tr><td>diversity</td>{cells}{'<td>—</td>' * 4 if compare else ''}</tr>")
+    for key in summary.get("set_metrics", []):  # FVD: one number per model's set of videos
+        cells = "".join(f"<td>{_fmt(per_model.get(m, {}).get(key))}</td>" for m in models)
+        body.append(f"<tr><td>{_e(key)} (lower is better)</td>{cells}"
+                    f"{'<td>—</td>' * 4 if compare else ''}</tr>")
     return (f'<table class="summary"><thead><tr><th>metric</th>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
 

@@ -98,3 +98,36 @@ def plot_rewards(records: list[dict[str, Any]], path: Path, base: float | None =
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     finally:
         plt.close(fig)
+
+
+def plot_metrics(records: list[dict[str, Any]], path: Path, base: dict[str, float]) -> Path | None:
+    """The eval_metrics (and FVD) of the tuned model at each evaluation, one panel each, with
+    the base model's value dashed; nothing when none were asked for."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {name: [(r["step"], r[f"val/{name}"]) for r in records
+                     if r.get("split") == "val" and r.get(f"val/{name}") is not None]
+              for name in base}
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return None
+    cols = min(3, len(curves))
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, (name, points) in zip(axes.flat, curves.items()):
+        ax.plot(*zip(*points), "o-", label="tuned")
+        if base.get(name) is not None:
+            ax.axhline(base[name], color="grey", linestyle="--", label="base")
+        ax.set_title(name + (" (lower is better)" if name == "fvd" else ""), fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    finally:
+        plt.close(fig)

@@ -21,14 +21,14 @@ from tqdm.auto import tqdm
 from vader.config import TrainConfig
 from vader.data.prompts import PromptSource
 from vader.data.order import prompt_at
-from vader.evaluation.evaluate import (Embedder, VideoSpec, evaluate, generate, headline,
-                                       lora_disabled, set_lora_dropout)
+from vader.evaluation.evaluate import (Embedder, VideoSpec, base_videos, evaluate, headline,
+                                       set_lora_dropout)
 from vader.evaluation.stats import pixel_embedding
 from vader.frames import check_frames, frames_to_decode
 from vader.io.video import SUPPORTED_SUFFIXES
 from vader.loop import checkpoint as ckpt
 from vader.loop.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
-from vader.loop.tracking import MetricsLog, check_logger, plot_rewards, tracker_kwargs
+from vader.loop.tracking import MetricsLog, check_logger, plot_metrics, plot_rewards, tracker_kwargs
 from vader.protocols import Algorithm, Backbone, Reward, Run
 from vader.sampling.seeds import CALIBRATE, generator_seed
 
@@ -72,7 +72,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, algorithm: Algorithm, backbone: Backbone, reward: Reward,
                  prompts: PromptSource, run_dir: Path | str, accelerator: Accelerator | None = None,
                  reward_name: str = "reward", eval_rewards: dict[str, Reward] | None = None,
-                 embed: Embedder = pixel_embedding, data: list | None = None):
+                 embed: Embedder = pixel_embedding, data: list | None = None,
+                 metrics: list[str] | None = None, set_metrics: dict | None = None):
         check_settings(cfg)
         self.accelerator = accelerator or make_accelerator(cfg, Path(run_dir))
         backbone.check_video(cfg.num_frames, cfg.height, cfg.width)
@@ -87,6 +88,8 @@ class Trainer:
         self.rewards = {reward_name: getattr(reward, "unguarded", reward),
                         **{k: v for k, v in (eval_rewards or {}).items() if k != reward_name}}
         self.reward_name, self.embed, self.data = reward_name, embed, data
+        # Scored at every evaluation and plotted over training (eval_metrics; FVD: fvd.reference).
+        self.metric_names, self.set_metrics = list(metrics or []), dict(set_metrics or {})
         # Rewards that read a class from each prompt check every prompt now, on every process,
         # rather than failing on one process mid-run while the others wait in a collective.
         for name, r in self.rewards.items():  # evaluation rewards see held-out prompts only
@@ -170,14 +173,11 @@ class Trainer:
         """Show a reward that measures itself against the base model (the motion guard) the
         base model's videos of `reference_videos` training prompts, decoded as for training.
         Every process makes the same videos from the same seeds, so all agree on the result."""
-        cfg, n, batch = self.cfg, self.reward.reference_videos, self.cfg.val_batch_size
+        cfg, n = self.cfg, self.reward.reference_videos
         prompts = [prompt_at(self.prompts.train, cfg.seed, i) for i in range(n)]
-        seeds = [generator_seed(CALIBRATE, cfg.seed, i) for i in range(n)]
-        model = self.accelerator.unwrap_model(self.model)
-        with torch.no_grad(), lora_disabled(model):
-            frames = torch.cat([generate(self.backbone, model, prompts[i:i + batch],
-                                         seeds[i:i + batch], self.spec, self.accelerator)
-                                for i in range(0, n, batch)])
+        frames = base_videos(self.backbone, self.accelerator.unwrap_model(self.model), prompts,
+                             [generator_seed(CALIBRATE, cfg.seed, i) for i in range(n)], self.spec,
+                             self.accelerator, cfg.val_batch_size)
         index = frames_to_decode(self.reward, cfg.num_frames, random.Random(cfg.seed))
         self.reward.calibrate(frames if index is None else frames[:, index.to(frames.device)], prompts)
 
@@ -257,7 +257,8 @@ class Trainer:
         return evaluate(self.backbone, model, rewards or self.rewards, self.prompts.val, seeds,
                         self.spec, self.accelerator, cfg.val_batch_size, out_dir, models,
                         self.embed, cfg.fps, title=title, checkpoint=self._checkpoint_name(),
-                        gallery=gallery, on_summary=on_summary, video_format=cfg.video_format)
+                        gallery=gallery, on_summary=on_summary, video_format=cfg.video_format,
+                        set_metrics=self.set_metrics)
 
     def _checkpoint_name(self) -> str | None:
         if self.cfg.only_val:
@@ -265,14 +266,18 @@ class Trainer:
         return ckpt.step_dir_name(self.step)
 
     def _log_val(self, summary: dict) -> None:
-        value = summary["per_model"]["tuned"][f"reward/{self.reward_name}"]["mean"]
-        self.metrics.write({"split": "val", "step": self.step, "val_reward": value})
-        self.accelerator.log({"val/reward": value}, step=self.step)
+        tuned = summary["per_model"]["tuned"]
+        value = tuned[f"reward/{self.reward_name}"]["mean"]
+        metrics = {**{f"val/{m}": tuned[f"reward/{m}"]["mean"] for m in self.metric_names},
+                   **{f"val/{m}": tuned[m] for m in self.set_metrics}}
+        self.metrics.write({"split": "val", "step": self.step, "val_reward": value, **metrics})
+        self.accelerator.log({"val/reward": value, **metrics}, step=self.step)
 
     def _periodic_evaluation(self) -> None:
-        """The tuned model on the training reward only: a cheap point on the reward curve."""
+        """The tuned model on the training reward and the eval_metrics: a point on their curves."""
+        names = [self.reward_name, *self.metric_names]
         self.evaluate(self.run_dir / "eval" / ckpt.step_dir_name(self.step), models=("tuned",),
-                      rewards={self.reward_name: self.rewards[self.reward_name]}, gallery=False,
+                      rewards={n: self.rewards[n] for n in names}, gallery=False,
                       on_summary=self._log_val)
 
     def final_evaluation(self) -> dict:
@@ -282,9 +287,12 @@ class Trainer:
                 summary["training"] = self.algorithm.report()
             self._log_val(summary)
             if self.is_main:
-                plot_rewards(self.metrics.read(),
-                             self.run_dir / "eval" / "plots" / "reward_over_steps.png",
-                             base=summary["per_model"]["base"][f"reward/{self.reward_name}"]["mean"])
+                base, plots = summary["per_model"]["base"], self.run_dir / "eval" / "plots"
+                plot_rewards(self.metrics.read(), plots / "reward_over_steps.png",
+                             base=base[f"reward/{self.reward_name}"]["mean"])
+                plot_metrics(self.metrics.read(), plots / "metrics_over_steps.png",
+                             {**{m: base[f"reward/{m}"]["mean"] for m in self.metric_names},
+                              **{m: base[m] for m in self.set_metrics}})
         title = f"{self.run_dir.name}: trained on {self.reward_name}, step {self.step}"
         return self.evaluate(self.run_dir / "eval", title=title, on_summary=log)
 
