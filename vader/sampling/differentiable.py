@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vader.protocols import Backbone
 from vader.sampling.seeds import ETA, generator_seed
+from vader.sampling.windows import Windows, fuse
 
 BACKPROP_MODES = ("last", "rand", "specific")
 
@@ -165,14 +166,17 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
            num_inference_steps: int, guidance_scale: float = 7.5, cutoff: int | None = None,
            eta: float = 0.0, step_seeds: list[int] | None = None,
            gradient_checkpointing: bool = True, batch_cfg: bool = True,
-           compile_no_grad_steps: bool = False) -> torch.Tensor:
+           compile_no_grad_steps: bool = False, windows: Windows | None = None) -> torch.Tensor:
     """Denoise `noise` into clean latents. Gradients flow through steps `cutoff..end` when grad
     mode is on; `cutoff=None` (or grad mode off) samples without any graph.
 
     batch_cfg: guidance's unconditional and conditional passes as one network call on a doubled
     batch (faster), or False: two calls (about half the activation memory at a time, slower).
     compile_no_grad_steps: the steps that keep no gradients call `torch.compile(model)`; the
-    steps that do keep them always run eagerly."""
+    steps that do keep them always run eagerly. windows: a latent longer than the backbone's
+    window is predicted window by window and the overlaps fused (vader.sampling.windows); with
+    checkpointing each window's call is checkpointed on its own, so the memory a step keeps for
+    backward follows the window, not the length."""
     if len(prompts) != noise.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {noise.shape[0]} noise samples")
     scheduler = backbone.make_scheduler()
@@ -194,6 +198,13 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     def eps(x_in: torch.Tensor, t: torch.Tensor, net: nn.Module) -> torch.Tensor:
         return guided_prediction(backbone, net, x_in, t, cond, guidance_scale, batch_cfg)
 
+    def predict(x_in: torch.Tensor, t: torch.Tensor, net: nn.Module, checkpointed: bool) -> torch.Tensor:
+        if checkpointed:
+            one = lambda x: checkpoint(eps, x, t, net, use_reentrant=False)  # noqa: E731
+        else:
+            one = lambda x: eps(x, t, net)  # noqa: E731
+        return one(x_in) if windows is None else fuse(one, x_in, windows)
+
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff
         with torch.set_grad_enabled(track):
@@ -201,15 +212,13 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
             # that `step` advances, so a recomputation in backward would scale with the sigma
             # of whatever step the sampler had reached by then, not this one's.
             x_in = scheduler.scale_model_input(latents, t)
-            if track and checkpoint_steps:
+            if track:
                 # Only the network call is checkpointed: multistep schedulers mutate their state
                 # in `step`, which a recomputation must not repeat.
-                out = checkpoint(eps, x_in, t, model, use_reentrant=False)
-            elif track:
-                out = eps(x_in, t, model)
+                out = predict(x_in, t, model, checkpoint_steps)
             else:
                 try:
-                    out = eps(x_in, t, no_grad_model)
+                    out = predict(x_in, t, no_grad_model, False)
                 except compile_errors as err:
                     raise compile_error(err) from err
             kwargs = {}
