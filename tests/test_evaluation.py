@@ -30,7 +30,7 @@ def spy_on_generation(monkeypatch):
     """Record, for every generated batch: base or tuned (from the LoRA layers' state), the
     initial noise, and the decoded frames."""
     calls = []
-    real_noise, real_generate = evaluation.make_noise, evaluation._generate
+    real_noise, real_generate = evaluation.video_noise, evaluation._generate
 
     def noise(*args, **kwargs):
         calls[-1]["noise"] = real_noise(*args, **kwargs)
@@ -43,7 +43,7 @@ def spy_on_generation(monkeypatch):
         calls[-1]["frames"] = real_generate(backbone, model, prompts, seeds, spec, accelerator)
         return calls[-1]["frames"]
 
-    monkeypatch.setattr(evaluation, "make_noise", noise)
+    monkeypatch.setattr(evaluation, "video_noise", noise)
     monkeypatch.setattr(evaluation, "_generate", generate)
     return calls
 

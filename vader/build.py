@@ -26,6 +26,10 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     accelerator = make_accelerator(settings, Path(run_dir))
     if not settings.only_val:
         algorithm.check(settings, accelerator.num_processes)
+        if settings.long.window is not None and not getattr(algorithm, "long_videos", False):
+            raise ValueError(f"long.window={settings.long.window}: training on long videos works with "
+                             f"algorithm=reward_grad so far, not {type(algorithm).__name__}; set "
+                             "long.window=null (evaluation and vader.generate take it with any algorithm)")
     prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
     data = None if settings.only_val else build_data(cfg, algorithm)
     # The backbone checks that every model part can be had before loading any of them, and

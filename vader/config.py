@@ -53,6 +53,14 @@ class MotionGuardConfig:
 
 
 @dataclass
+class LongConfig:
+    """Videos longer than the backbone's window (vader/sampling/windows.py, docs/long_video.md)."""
+    window: int | None = None       # latent frames per window; null: the whole video at once
+    overlap: int = 0                # latent frames neighbouring windows share
+    fusion: str = "triangular"      # how shared frames' predictions are averaged: triangular | uniform | none
+
+
+@dataclass
 class FVDConfig:
     """FVD against real videos in every final evaluation (vader/evaluation/fvd.py)."""
     reference: str | None = None    # real videos: a folder of them or a manifest table; null: no FVD
@@ -115,6 +123,7 @@ class TrainConfig:
     eval_embedding: str = "pixels"
     eval_metrics: list[str] = field(default_factory=list)
     fvd: FVDConfig = field(default_factory=FVDConfig)
+    long: LongConfig = field(default_factory=LongConfig)
     run_name: str = MISSING
 
 

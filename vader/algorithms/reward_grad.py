@@ -21,15 +21,17 @@ from vader.algorithms.losses import reward_loss
 from vader.data.order import prompt_at
 from vader.frames import frames_to_decode, score
 from vader.protocols import Backbone, ItemLoss, Plan, Reward, Run, info_numbers
-from vader.sampling.differentiable import (check_backprop, cutoff_index, dead_steps, make_noise,
+from vader.sampling.differentiable import (check_backprop, cutoff_index, dead_steps,
                                            sample)
 from vader.sampling.seeds import TRAIN, generator_seed
+from vader.sampling.windows import video_noise, windows_of
 
 
 class RewardGradient:
     progress = ("loss", "reward")
     data = None  # learns from its own samples
     needs_reward_gradient = True  # the build gives it a composite's parts with gradients only
+    long_videos = True  # samples long videos in windows (cfg.long, vader.sampling.windows)
 
     def check(self, cfg: Any, num_processes: int) -> None:
         check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,
@@ -87,8 +89,9 @@ class RewardGradient:
         the frames the reward scores, reward, loss. Autocast is the caller's; tests call this to
         compare the gradients of each speed/memory switch on and off."""
         run, cfg = self.run, self.run.cfg
-        noise = make_noise(run.backbone.latent_shape(len(prompts), cfg.num_frames, cfg.height,
-                                                     cfg.width), seeds, run.accelerator.device)
+        windows = windows_of(cfg.long)
+        noise = video_noise(run.backbone.latent_shape(len(prompts), cfg.num_frames, cfg.height,
+                                                      cfg.width), seeds, windows, run.accelerator.device)
         cutoff = cutoff_index(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,
                               cfg.backprop_step, rng, self.dead_steps)
         # Offloading moves what autograd saves for backward to host memory (pinned, on a GPU);
@@ -101,7 +104,7 @@ class RewardGradient:
                              guidance_scale=cfg.guidance_scale, cutoff=cutoff, eta=cfg.eta,
                              step_seeds=seeds, gradient_checkpointing=cfg.gradient_checkpointing,
                              batch_cfg=cfg.batch_cfg,
-                             compile_no_grad_steps=cfg.compile_no_grad_steps)
+                             compile_no_grad_steps=cfg.compile_no_grad_steps, windows=windows)
             frames = run.backbone.decode(latents, frames_to_decode(run.reward, cfg.num_frames, rng))
             values, info = score(run.reward, frames, prompts, [rng] * len(prompts))
             if hasattr(run.reward, "loss"):  # a reward with its own shaping (composite)

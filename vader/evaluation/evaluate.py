@@ -30,8 +30,9 @@ from vader.evaluation import stats as eval_stats
 from vader.io.files import atomic_write_text
 from vader.frames import score, select_frames
 from vader.protocols import Backbone, Reward
-from vader.sampling.differentiable import make_noise, sample
+from vader.sampling.differentiable import sample
 from vader.sampling.seeds import EVAL, generator_seed
+from vader.sampling.windows import Windows, video_noise
 from vader.io.video import save_video
 
 MODELS = ("base", "tuned")
@@ -49,11 +50,15 @@ class VideoSpec:
     guidance_scale: float
     eta: float = 0.0
     batch_cfg: bool = True  # how guidance's two passes run, not what they compute: not reported
+    windows: Windows | None = None  # a long video's windows (vader.sampling.windows)
 
 
 def settings(spec: VideoSpec) -> dict[str, Any]:
     """What the videos were sampled with, as summary.json and the gallery report it."""
-    return {k: v for k, v in asdict(spec).items() if k != "batch_cfg"}
+    out = {k: v for k, v in asdict(spec).items() if k not in ("batch_cfg", "windows")}
+    if spec.windows is not None:
+        out.update(window=spec.windows.window, overlap=spec.windows.overlap, fusion=spec.windows.fusion)
+    return out
 
 
 def slug(text: str) -> str:
@@ -106,13 +111,13 @@ def generate(backbone: Backbone, model: nn.Module, prompts: list[str], noise_see
              spec: VideoSpec, accelerator: Accelerator) -> torch.Tensor:
     """Frames `(B, T, C, H, W)` of `model` (as it is: wrap it in `lora_disabled` for the base),
     the video of each prompt from the noise of its generator seed (vader.sampling.seeds)."""
-    noise = make_noise(backbone.latent_shape(len(prompts), spec.num_frames, spec.height, spec.width),
-                       noise_seeds, accelerator.device)
+    noise = video_noise(backbone.latent_shape(len(prompts), spec.num_frames, spec.height, spec.width),
+                        noise_seeds, spec.windows, accelerator.device)
     with accelerator.autocast():
         latents = sample(backbone, model, prompts, noise,
                          num_inference_steps=spec.num_inference_steps,
                          guidance_scale=spec.guidance_scale, eta=spec.eta, step_seeds=noise_seeds,
-                         batch_cfg=spec.batch_cfg)
+                         batch_cfg=spec.batch_cfg, windows=spec.windows)
         return backbone.decode(latents).float()
 
 

@@ -31,6 +31,7 @@ from vader.loop.guards import Interrupted, NonFiniteGuard, StopSignals, check_lo
 from vader.loop.tracking import MetricsLog, check_logger, plot_metrics, plot_rewards, tracker_kwargs
 from vader.protocols import Algorithm, Backbone, Reward, Run
 from vader.sampling.seeds import CALIBRATE, generator_seed
+from vader.sampling.windows import windows_of
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -56,6 +57,9 @@ def check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"keep_checkpoints={cfg.keep_checkpoints}: use 0 (keep all) or a positive number")
     if ckpt.resume_mode(cfg.resume) == "path":
         ckpt.resolve_lora_path(cfg.resume)
+    windows = windows_of(getattr(cfg, "long", None))
+    if windows is not None:
+        windows.spans(cfg.num_frames)  # a video shorter than one window fails now
 
 
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
@@ -104,7 +108,7 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
         self.spec = VideoSpec(cfg.num_frames, cfg.height, cfg.width, cfg.num_inference_steps,
-                              cfg.guidance_scale, cfg.eta, cfg.batch_cfg)
+                              cfg.guidance_scale, cfg.eta, cfg.batch_cfg, windows_of(cfg.long))
         self.step = 0
         self.nonfinite = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
         self.last_checkpoint: Path | None = None

@@ -89,6 +89,23 @@ class Windows:
         return [w / total[s:e] for (s, e), w in zip(spans, raw)]
 
 
+def windows_of(long: object) -> Windows | None:
+    """The `long` settings (vader.config.LongConfig) as Windows; None when `long.window` is null."""
+    window = getattr(long, "window", None)
+    return None if window is None else Windows(window, long.overlap, long.fusion)
+
+
+def video_noise(shape: tuple[int, ...], seeds: list[int], windows: Windows | None,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """The initial noise of a video: `long_noise` when it is generated in windows, else one
+    draw per video (vader.sampling.differentiable.make_noise)."""
+    from vader.sampling.differentiable import make_noise
+
+    if windows is None:
+        return make_noise(shape, seeds, device)
+    return long_noise(shape, seeds, windows, device)
+
+
 def fuse(predict, x: torch.Tensor, windows: Windows) -> torch.Tensor:
     """The prediction for the long latent `x` (B, C, T, h, w): `predict(x_window)` on every window,
     the overlaps averaged with `windows.weights`. Differentiable; builds the result out of place,
