@@ -292,9 +292,10 @@ class Trainer:
             self._log_val(summary)
             if self.is_main:
                 base, plots = summary["per_model"]["base"], self.run_dir / "eval" / "plots"
-                plot_rewards(self.metrics.read(), plots / "reward_over_steps.png",
+                records = self.metrics.read()
+                plot_rewards(records, plots / "reward_over_steps.png",
                              base=base[f"reward/{self.reward_name}"]["mean"])
-                plot_metrics(self.metrics.read(), plots / "metrics_over_steps.png",
+                plot_metrics(records, plots / "metrics_over_steps.png",
                              {**{m: base[f"reward/{m}"]["mean"] for m in self.metric_names},
                               **{m: base[m] for m in self.set_metrics}})
         title = f"{self.run_dir.name}: trained on {self.reward_name}, step {self.step}"
