@@ -6,6 +6,7 @@ resolution and the frames decoded.
     python -m benchmarks.memory_vs_steps --steps 5 10 20 --no-checkpointing
     python -m benchmarks.memory_vs_steps --steps 10 --frames 4 8 16 --sizes 32x32 64x64
     python -m benchmarks.memory_vs_steps --steps 10 --decoded all 2 random
+    python -m benchmarks.memory_vs_steps --steps 10 --frames 8 24 --window 8 --overlap 2 --decoded all random
 
 Every combination of the lists is one row.
 
@@ -26,7 +27,9 @@ Columns:
              the per-allocation mmap set below, so compare rows, not with training logs.
 The claim to check: at fixed K both memory columns stay flat as N grows, because steps before
 the cutoff build no graph. `--no-checkpointing` (sampler and VAE decode, as `gradient_checkpointing`
-in conf/train.yaml) should raise them, still flat in N.
+in conf/train.yaml) should raise them, still flat in N. `--window W --overlap O`: every video is
+generated in windows of W latent frames (vader.sampling.windows, as `long.window`/`long.overlap`),
+so rows with 3x the frames at the same window show what a long video costs (issue 18).
 """
 from __future__ import annotations
 
@@ -88,13 +91,15 @@ def measure_one(cfg: dict) -> dict:
     from backbones.tiny import tiny
     from rewards.colorfulness import Colorfulness
     from vader.frames import select_frames
-    from vader.sampling.differentiable import cutoff_index, make_noise, sample
+    from vader.sampling.differentiable import cutoff_index, sample
+    from vader.sampling.windows import Windows, video_noise
 
     device = torch.device(cfg["device"])
     n, k, ckpt = cfg["steps"], cfg["k"], not cfg["no_checkpointing"]
     cutoff = cutoff_index("last", n, k)  # raises, naming the fix, if K > N
     backbone = tiny(channels=tuple(cfg["channels"]), gradient_checkpointing=ckpt).to(device)
     model, reward, prompts = backbone.trainable_module(), Colorfulness(), ["a red balloon"]
+    windows = Windows(cfg["window"], cfg["overlap"]) if cfg["window"] else None
     decoded = cfg["decoded"] if cfg["decoded"] in ("all", "random") else int(cfg["decoded"])
     shape = backbone.latent_shape(len(prompts), cfg["frames"], cfg["height"], cfg["width"])
     # Weights are saved for backward too, but they are resident anyway: count activations only.
@@ -111,10 +116,10 @@ def measure_one(cfg: dict) -> dict:
     def step(seed: int) -> float:
         for p in model.parameters():
             p.grad = None  # as optimizer.zero_grad(set_to_none=True): grads are allocated in-step
-        noise = make_noise(shape, [seed], device)
+        noise = video_noise(shape, [seed], windows, device)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             latents = sample(backbone, model, prompts, noise, num_inference_steps=n,
-                             cutoff=cutoff, gradient_checkpointing=ckpt)
+                             cutoff=cutoff, gradient_checkpointing=ckpt, windows=windows)
             index = select_frames(decoded, cfg["frames"], random.Random(seed))
             values, _ = reward(backbone.decode(latents, index), prompts)
             loss = -values.float().mean()
@@ -136,7 +141,7 @@ def measure_one(cfg: dict) -> dict:
     seconds = time.perf_counter() - start
     peak = (torch.cuda.max_memory_allocated() - base if device.type == "cuda"
             else rss.peak - rss.base)
-    return {"steps": n, "k": k, "checkpointing": ckpt, "frames": cfg["frames"],
+    return {"steps": n, "k": k, "checkpointing": ckpt, "frames": cfg["frames"], "window": cfg["window"],
             "size": f"{cfg['height']}x{cfg['width']}", "decoded": cfg["decoded"], "saved_mib": saved_bytes / MiB,
             "peak_mib": peak / MiB, "peak_kind": "cuda_alloc" if device.type == "cuda" else "rss",
             "seconds": seconds}
@@ -150,6 +155,8 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["32x32"], help="HxW resolutions")
     ap.add_argument("--decoded", nargs="+", default=["all"],
                     help="frames decoded and scored: all, random (one), or n (every n-th)")
+    ap.add_argument("--window", type=int, default=0, help="latent frames per window (0: the whole video at once)")
+    ap.add_argument("--overlap", type=int, default=0, help="latent frames neighbouring windows share")
     ap.add_argument("--no-checkpointing", action="store_true", help="keep all activations of the last K steps")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--backbone", choices=["tiny"], default="tiny", help="only tiny needs no download")
@@ -173,7 +180,7 @@ def main() -> None:
         height, width = (int(v) for v in size.lower().split("x"))
         cfg = {"steps": n, "k": k, "no_checkpointing": args.no_checkpointing, "device": device,
                "frames": frames, "height": height, "width": width, "decoded": decoded,
-               "channels": args.channels}
+               "channels": args.channels, "window": args.window, "overlap": args.overlap}
         out = subprocess.run([sys.executable, "-m", "benchmarks.memory_vs_steps", "--_one",
                               json.dumps(cfg)], env=env, cwd=ROOT, capture_output=True, text=True)
         if out.returncode:
@@ -185,6 +192,8 @@ def main() -> None:
     print(f"# {datetime.datetime.now().isoformat(timespec='seconds')}  torch {torch.__version__}  "
           f"device {name}")
     print(f"# backbone {args.backbone} channels {args.channels}  batch 1, guidance 7.5 (UNet batch 2)")
+    if args.window:
+        print(f"# windows of {args.window} latent frames, overlap {args.overlap}, triangular fusion")
     print(f"{'N':>4} {'K':>3} {'frames':>6} {'size':>7} {'decoded':>7} {'ckpt':>5} {'saved MiB':>10} "
           f"{peak_col:>19} {'seconds':>8}")
     for r in rows:
