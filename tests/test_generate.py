@@ -51,6 +51,11 @@ def test_reward_gradients_train_on_long_videos_and_other_algorithms_refuse(make_
     trainer.setup()
     summary = trainer.train()["summary"]
     assert summary["settings"]["window"] == 4 and summary["settings"]["num_frames"] == 10
+    # Each video's seam score at the windows' boundaries, in every evaluation (window 4, overlap 1).
+    assert "seam" in summary["rewards"] and "seam" in trainer.metric_names
+    assert trainer.rewards["seam"].seams(10) == [3, 4, 6, 7, 9]
+    rows = (tmp_path / "r" / "eval" / "metrics.csv").read_text().splitlines()
+    assert "reward/seam" in rows[0] and len(rows) == 1 + 2 * len(trainer.prompts.val) * trainer.cfg.num_val_seeds
     with pytest.raises(ValueError, match="long.window=4: training on long videos works with algorithm=reward_grad"):
         make_trainer("algorithm=grpo", "long.window=4")
     with pytest.raises(ValueError, match="shorter than one window"):

@@ -18,8 +18,9 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     Hydra's choice); by default the reward's module."""
     check_targets(cfg)
     metrics = expand_metrics(list(cfg.eval_metrics))
+    reward_args = seam_args(cfg, metrics)
     eval_cfgs = eval_reward_configs([*cfg.eval_rewards, *(m for m in metrics if m not in cfg.eval_rewards)],
-                                    cfg.eval_reward_args)
+                                    reward_args)
     settings = OmegaConf.to_object(cfg)
     check_settings(settings)
     algorithm = build(cfg.algorithm)
@@ -49,6 +50,21 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
                    embed=make_embedder(settings.eval_embedding), data=data,
                    metrics=[m for m in metrics if m != reward_name],
                    set_metrics=make_set_metrics(settings, Path(run_dir), accelerator))
+
+
+def seam_args(cfg: DictConfig, metrics: list[str]) -> DictConfig:
+    """`eval_reward_args`, and, for videos made in windows (`long.window`), the seam metric
+    added to `metrics` (in place) at the windows' boundaries: every evaluation then reports each
+    video's seam score (docs/long_video.md). Farneback flow, as it needs no weights; keys the
+    user gave under eval_reward_args.seam win."""
+    args = OmegaConf.to_container(cfg.eval_reward_args, resolve=True) or {}
+    if cfg.long.window is None:
+        return OmegaConf.create(args)
+    if "seam" not in metrics:
+        metrics.append("seam")
+    args["seam"] = {"window": cfg.long.window, "overlap": cfg.long.overlap, "flow": "farneback",
+                    **(args.get("seam") or {})}
+    return OmegaConf.create(args)
 
 
 def guard_reward(reward: Any, name: str, settings: Any, say: Any = print, trained: bool = True) -> Any:
