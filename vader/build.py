@@ -2,13 +2,16 @@
 (vader.config) and the training loop (vader.loop), so neither imports the other."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from vader.config import check_targets, eval_reward_configs, expand_metrics
-from vader.loop.trainer import Trainer, check_settings, make_accelerator
+from vader.loop.curriculum import Curriculum
+from vader.loop.settings import check_settings, make_accelerator
+from vader.loop.trainer import Trainer
 
 
 def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None) -> Trainer:
@@ -27,10 +30,20 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     accelerator = make_accelerator(settings, Path(run_dir))
     if not settings.only_val:
         algorithm.check(settings, accelerator.num_processes)
-        if settings.long.window is not None and not getattr(algorithm, "long_videos", False):
-            raise ValueError(f"long.window={settings.long.window}: training on long videos works with "
-                             f"algorithm=reward_grad so far, not {type(algorithm).__name__}; set "
-                             "long.window=null (evaluation and vader.generate take it with any algorithm)")
+        long = settings.long
+        for key in ("window", "keyframe_interval"):
+            if getattr(long, key) is not None and not getattr(algorithm, "long_videos", False):
+                raise ValueError(f"long.{key}={getattr(long, key)}: training on long videos works with "
+                                 f"algorithm=reward_grad so far, not {type(algorithm).__name__}; set "
+                                 f"long.{key}=null (evaluation and vader.generate take it with any algorithm)")
+    curriculum = None if settings.only_val else Curriculum.from_config(settings)
+    if curriculum is not None:
+        if getattr(algorithm, "data", None) is not None:
+            raise ValueError(f"curriculum.lengths: {type(algorithm).__name__} learns from a dataset's "
+                             "clips of num_frames; a length curriculum needs an algorithm that makes "
+                             "its own videos (reward_grad, grpo). Set curriculum.lengths=[]")
+        for n in curriculum.lengths:  # a stage shorter than a window fails now
+            check_settings(replace(settings, num_frames=n))
     prompts = build(cfg.prompt_fn)     # cheap, and bad prompt files fail early
     data = None if settings.only_val else build_data(cfg, algorithm)
     # The backbone checks that every model part can be had before loading any of them, and
@@ -49,7 +62,8 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
                    accelerator, reward_name=reward_name, eval_rewards=eval_rewards,
                    embed=make_embedder(settings.eval_embedding), data=data,
                    metrics=[m for m in metrics if m != reward_name],
-                   set_metrics=make_set_metrics(settings, Path(run_dir), accelerator))
+                   set_metrics=make_set_metrics(settings, Path(run_dir), accelerator),
+                   curriculum=curriculum)
 
 
 def seam_args(cfg: DictConfig, metrics: list[str]) -> DictConfig:

@@ -58,6 +58,18 @@ class LongConfig:
     window: int | None = None       # latent frames per window; null: the whole video at once
     overlap: int = 0                # latent frames neighbouring windows share
     fusion: str = "triangular"      # how shared frames' predictions are averaged: triangular | uniform | none
+    keyframe_interval: int | None = None  # keyframes every n latent frames, then the frames between; null: one pass
+    keyframe_guidance: float | None = None  # the keyframes' guidance; null: guidance_scale
+    inbetween_guidance: float = 3.0  # the frames between keyframes
+
+
+@dataclass
+class CurriculumConfig:
+    """Stages of increasing length, each left when its gates pass (vader/loop/curriculum.py)."""
+    lengths: list[int] = field(default_factory=list)  # num_frames of each stage; []: no curriculum
+    gate: dict[str, Any] = field(default_factory=dict)  # metric: minimum (a number or ">=x"), or "<=x"
+    steps_per_stage: int = 20       # a held-out evaluation checks the gates every this many steps of a stage
+    max_steps_per_stage: int | None = None  # advance anyway after this many (logged); null: wait for the gates
 
 
 @dataclass
@@ -124,6 +136,7 @@ class TrainConfig:
     eval_metrics: list[str] = field(default_factory=list)
     fvd: FVDConfig = field(default_factory=FVDConfig)
     long: LongConfig = field(default_factory=LongConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     run_name: str = MISSING
 
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> Path:
     from vader.io.video import save_video
     from vader.loop import checkpoint as ckpt
     from vader.loop.guards import check_lora_fits
-    from vader.sampling.windows import windows_of
+    from vader.loop.settings import check_settings
 
     own, overrides = split_args(sys.argv[1:] if argv is None else argv)
     prompts = read_prompts(own.get("prompts"))
@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> Path:
         cfg = compose(config_name="train", overrides=overrides)
     check_targets(cfg)  # a typo fails here, before any weights load
     s = OmegaConf.to_object(cfg)
-    windows = windows_of(s.long)
-    if windows is not None:
-        windows.spans(s.num_frames)
+    check_settings(s)  # windows longer than the video, keyframes in too short a one, ...
     lora = ckpt.resolve_lora_path(s.lora_path) if s.lora_path else None
     name = Path(s.lora_path).name if lora else "base"
     out = Path(own.get("out") or Path("outputs") / "generate" / name)
@@ -95,8 +93,7 @@ def main(argv: list[str] | None = None) -> Path:
         check_lora_fits(ckpt.read_lora_metadata(lora), backbone.lora_metadata(), backbone.name, lora)
         backbone.load_lora_state_dict(ckpt.load_lora(lora))
     model = backbone.trainable_module()
-    spec = VideoSpec(s.num_frames, s.height, s.width, s.num_inference_steps, s.guidance_scale,
-                     s.eta, s.batch_cfg, windows)
+    spec = VideoSpec.of(s)
     seeds = [s.val_seed + i for i in range(num_seeds)]
     items = [(i, p, seed) for i, p in enumerate(prompts) for seed in seeds]
     model_name = "tuned" if lora else "base"

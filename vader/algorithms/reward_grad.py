@@ -24,6 +24,7 @@ from vader.protocols import Backbone, ItemLoss, Plan, Reward, Run, info_numbers
 from vader.sampling.differentiable import (check_backprop, cutoff_index, dead_steps,
                                            sample)
 from vader.sampling.seeds import TRAIN, generator_seed
+from vader.sampling.keyframes import keyframes_of
 from vader.sampling.windows import video_noise, windows_of
 
 
@@ -104,7 +105,8 @@ class RewardGradient:
                              guidance_scale=cfg.guidance_scale, cutoff=cutoff, eta=cfg.eta,
                              step_seeds=seeds, gradient_checkpointing=cfg.gradient_checkpointing,
                              batch_cfg=cfg.batch_cfg,
-                             compile_no_grad_steps=cfg.compile_no_grad_steps, windows=windows)
+                             compile_no_grad_steps=cfg.compile_no_grad_steps, windows=windows,
+                             keyframes=keyframes_of(cfg.long))
             frames = run.backbone.decode(latents, frames_to_decode(run.reward, cfg.num_frames, rng))
             values, info = score(run.reward, frames, prompts, [rng] * len(prompts))
             if hasattr(run.reward, "loss"):  # a reward with its own shaping (composite)

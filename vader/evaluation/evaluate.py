@@ -32,7 +32,8 @@ from vader.frames import score, select_frames
 from vader.protocols import Backbone, Reward
 from vader.sampling.differentiable import sample
 from vader.sampling.seeds import EVAL, generator_seed
-from vader.sampling.windows import Windows, video_noise
+from vader.sampling.keyframes import Keyframes, keyframes_of
+from vader.sampling.windows import Windows, video_noise, windows_of
 from vader.io.video import save_video
 
 MODELS = ("base", "tuned")
@@ -51,13 +52,24 @@ class VideoSpec:
     eta: float = 0.0
     batch_cfg: bool = True  # how guidance's two passes run, not what they compute: not reported
     windows: Windows | None = None  # a long video's windows (vader.sampling.windows)
+    keyframes: Keyframes | None = None  # keyframes first, then the frames between (vader.sampling.keyframes)
+
+    @classmethod
+    def of(cls, cfg: Any) -> "VideoSpec":
+        """The videos a training config (vader.config.TrainConfig) samples."""
+        return cls(cfg.num_frames, cfg.height, cfg.width, cfg.num_inference_steps, cfg.guidance_scale,
+                   cfg.eta, cfg.batch_cfg, windows_of(cfg.long), keyframes_of(cfg.long))
 
 
 def settings(spec: VideoSpec) -> dict[str, Any]:
     """What the videos were sampled with, as summary.json and the gallery report it."""
-    out = {k: v for k, v in asdict(spec).items() if k not in ("batch_cfg", "windows")}
+    out = {k: v for k, v in asdict(spec).items() if k not in ("batch_cfg", "windows", "keyframes")}
     if spec.windows is not None:
         out.update(window=spec.windows.window, overlap=spec.windows.overlap, fusion=spec.windows.fusion)
+    if spec.keyframes is not None:
+        k = spec.keyframes
+        out.update(keyframe_interval=k.interval, keyframe_guidance=k.guidance_scale or spec.guidance_scale,
+                   inbetween_guidance=k.inbetween_guidance_scale)
     return out
 
 
@@ -117,7 +129,7 @@ def generate(backbone: Backbone, model: nn.Module, prompts: list[str], noise_see
         latents = sample(backbone, model, prompts, noise,
                          num_inference_steps=spec.num_inference_steps,
                          guidance_scale=spec.guidance_scale, eta=spec.eta, step_seeds=noise_seeds,
-                         batch_cfg=spec.batch_cfg, windows=spec.windows)
+                         batch_cfg=spec.batch_cfg, windows=spec.windows, keyframes=spec.keyframes)
         return backbone.decode(latents).float()
 
 
@@ -271,4 +283,8 @@ def headline(summary: dict[str, Any]) -> str:
         lines.append(f"held-out {key} (lower is better): " + ", ".join(
             f"{m} {summary['per_model'][m][key]:.4g}" for m in summary["models"]))
     lines += summary.get("flags", [])
+    data = summary.get("training", {}).get("data")
+    if data:  # what a dataset gave, and what it could not (docs/data.md, "Bad data")
+        skipped = ", ".join(f"{k} {v}" for k, v in data["skipped"].items() if v)
+        lines.append(f"data: {data['loaded']} samples loaded; skipped: {skipped or 'none'}")
     return "\n".join(lines)

@@ -53,6 +53,15 @@ class StopSignals:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
+    def requested(self, accelerator: Any) -> bool:
+        """Whether any process was signalled (then `signum` is set on every one): all of them
+        must stop at the same step."""
+        import torch
+        flag = torch.tensor([float(self.signum or 0)], device=accelerator.device)
+        signum = int(accelerator.reduce(flag, "max").item())
+        self.signum = signum or None
+        return bool(signum)
+
 
 class NonFiniteGuard:
     """Counts updates skipped because the loss, reward or gradients were not finite; too many

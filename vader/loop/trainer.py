@@ -12,6 +12,7 @@ import random
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,49 +26,13 @@ from vader.evaluation.evaluate import (Embedder, VideoSpec, base_videos, evaluat
                                        set_lora_dropout)
 from vader.evaluation.stats import pixel_embedding
 from vader.frames import check_frames, frames_to_decode
-from vader.io.video import SUPPORTED_SUFFIXES
 from vader.loop import checkpoint as ckpt
+from vader.loop.curriculum import Curriculum, gate_values
 from vader.loop.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
-from vader.loop.tracking import MetricsLog, check_logger, plot_metrics, plot_rewards, tracker_kwargs
+from vader.loop.settings import check_settings, make_accelerator
+from vader.loop.tracking import MetricsLog, plot_metrics, plot_rewards
 from vader.protocols import Algorithm, Backbone, Reward, Run
 from vader.sampling.seeds import CALIBRATE, generator_seed
-from vader.sampling.windows import windows_of
-
-
-def check_settings(cfg: TrainConfig) -> None:
-    """Everything about the shared numbers that can be checked before a model is built (each
-    algorithm checks its own keys in `Algorithm.check`)."""
-    check_logger(cfg.logger)
-    positive = ("num_steps", "train_batch_size", "gradient_accumulation_steps", "val_batch_size",
-                "num_val_seeds", "num_frames", "height", "width", "fps", "val_every",
-                "checkpoint_every", "max_nonfinite_in_a_row", "num_inference_steps")
-    for key in positive:
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    if f".{cfg.video_format}" not in SUPPORTED_SUFFIXES:
-        raise ValueError(f"video_format={cfg.video_format!r}: choose one of "
-                         f"{[s[1:] for s in SUPPORTED_SUFFIXES]}")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ValueError(f"mixed_precision={cfg.mixed_precision!r}: choose no, fp16 or bf16")
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("mixed_precision=fp16 needs a GPU; use mixed_precision=bf16 or no on a CPU")
-    if cfg.lora_path is not None:
-        ckpt.resolve_lora_path(cfg.lora_path)  # fails now, not after the models are loaded
-    if cfg.keep_checkpoints < 0:
-        raise ValueError(f"keep_checkpoints={cfg.keep_checkpoints}: use 0 (keep all) or a positive number")
-    if ckpt.resume_mode(cfg.resume) == "path":
-        ckpt.resolve_lora_path(cfg.resume)
-    windows = windows_of(getattr(cfg, "long", None))
-    if windows is not None:
-        windows.spans(cfg.num_frames)  # a video shorter than one window fails now
-
-
-def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
-    # cpu=True when there is no GPU lets `accelerate launch --multi_gpu` run gloo processes on a
-    # CPU, which is how the distributed tests run. Accumulation is the loop's own (an algorithm
-    # says how many micro-batches an update has), so accelerate's counter stays at 1.
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                       **tracker_kwargs(cfg.logger, run_dir))
 
 
 class Trainer:
@@ -77,7 +42,8 @@ class Trainer:
                  prompts: PromptSource, run_dir: Path | str, accelerator: Accelerator | None = None,
                  reward_name: str = "reward", eval_rewards: dict[str, Reward] | None = None,
                  embed: Embedder = pixel_embedding, data: list | None = None,
-                 metrics: list[str] | None = None, set_metrics: dict | None = None):
+                 metrics: list[str] | None = None, set_metrics: dict | None = None,
+                 curriculum: Curriculum | None = None):
         check_settings(cfg)
         self.accelerator = accelerator or make_accelerator(cfg, Path(run_dir))
         backbone.check_video(cfg.num_frames, cfg.height, cfg.width)
@@ -107,8 +73,15 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.is_main = self.accelerator.is_main_process
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main)
-        self.spec = VideoSpec(cfg.num_frames, cfg.height, cfg.width, cfg.num_inference_steps,
-                              cfg.guidance_scale, cfg.eta, cfg.batch_cfg, windows_of(cfg.long))
+        self.spec = VideoSpec.of(cfg)
+        self.curriculum = curriculum
+        if curriculum is not None:  # every stage's length checked now, then the first applied
+            for n in curriculum.lengths:
+                check_settings(replace(cfg, num_frames=n))
+                backbone.check_video(n, cfg.height, cfg.width)
+                check_frames(reward.frames, n)
+            curriculum.check_names([*self.rewards, *self.metric_names, *self.set_metrics, "motion"])
+            self._apply_stage()
         self.step = 0
         self.nonfinite = NonFiniteGuard(cfg.max_nonfinite_in_a_row)
         self.last_checkpoint: Path | None = None
@@ -165,6 +138,9 @@ class Trainer:
             self.reward.load_training_state(state.get("reward", {}))
         if hasattr(self.algorithm, "load_state_dict"):
             self.algorithm.load_state_dict(state.get("algorithm", {}))
+        if self.curriculum is not None:  # continue in the checkpoint's stage
+            self.curriculum.load_state_dict(state.get("curriculum", {}))
+            self._apply_stage()
         if self.accelerator.scaler is not None and "scaler" in state:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
@@ -284,11 +260,35 @@ class Trainer:
                       rewards={n: self.rewards[n] for n in names}, gallery=False,
                       on_summary=self._log_val)
 
+    def _apply_stage(self) -> None:
+        """Train and evaluate at the curriculum stage's length from now on."""
+        self.cfg.num_frames = self.curriculum.num_frames  # the algorithm reads the same cfg
+        self.spec = replace(self.spec, num_frames=self.cfg.num_frames)
+
+    def _curriculum_check(self) -> None:
+        """The tuned model on held-out prompts at the stage's length, written with its gallery to
+        eval/stages/<stage>/ (the stage's last check stays), then the curriculum's decision,
+        logged; on advancing, the next stage's length applies."""
+        cur, names = self.curriculum, [self.reward_name, *self.metric_names]
+        summary = self.evaluate(self.run_dir / "eval" / "stages" / cur.folder(), models=("tuned",),
+                                rewards={n: self.rewards[n] for n in names}, on_summary=self._log_val,
+                                title=f"{self.run_dir.name}: {cur.describe()}, step {self.step}")
+        record = cur.decide(self.step, gate_values(summary))
+        self.metrics.write(record)
+        self.accelerator.log({"curriculum/stage": cur.stage + 1,
+                              "curriculum/num_frames": cur.num_frames}, step=self.step)
+        if "note" in record:
+            self.accelerator.print(record["note"])
+            self._apply_stage()
+
     def final_evaluation(self) -> dict:
         """Base against tuned on every evaluation reward, written to eval/ with the gallery."""
         def log(summary: dict) -> None:
             if hasattr(self.algorithm, "report"):  # e.g. the samples a dataset skipped, by reason
                 summary["training"] = self.algorithm.report()
+            if self.curriculum is not None:  # every stage: when it began and ended, and how
+                self.curriculum.finish(self.step, gate_values(summary))
+                summary["curriculum"] = self.curriculum.report()
             self._log_val(summary)
             if self.is_main:
                 base, plots = summary["per_model"]["base"], self.run_dir / "eval" / "plots"
@@ -299,6 +299,8 @@ class Trainer:
                              {**{m: base[f"reward/{m}"]["mean"] for m in self.metric_names},
                               **{m: base[m] for m in self.set_metrics}})
         title = f"{self.run_dir.name}: trained on {self.reward_name}, step {self.step}"
+        if self.curriculum is not None:
+            title += f", {self.curriculum.describe()}"
         return self.evaluate(self.run_dir / "eval", title=title, on_summary=log)
 
     def save_checkpoint(self) -> Path | None:
@@ -312,6 +314,8 @@ class Trainer:
                      "torch_rng": torch.get_rng_state(), "nonfinite": self.nonfinite.state_dict()}
             if hasattr(self.algorithm, "state_dict"):
                 state["algorithm"] = self.algorithm.state_dict()
+            if self.curriculum is not None:
+                state["curriculum"] = self.curriculum.state_dict()
             if hasattr(self.reward, "training_state"):  # the motion guard's reference
                 state["reward"] = self.reward.training_state()
             if acc.scaler is not None:  # fp16: the loss scale it has found, and its growth count
@@ -335,20 +339,28 @@ class Trainer:
         with StopSignals() as stop:
             while self.step < cfg.num_steps:
                 record = self.train_step()
+                if self.curriculum is not None:
+                    record.update(stage=self.curriculum.stage + 1, num_frames=cfg.num_frames)
                 self.metrics.write(record)
                 acc.log({k: v for k, v in record.items() if k not in ("split", "step")},
                         step=self.step)
                 bar.update(1)
                 bar.set_postfix({**{k: f"{record[k]:.4f}" for k in self.algorithm.progress
-                                    if k in record}, "skipped": self.nonfinite.total})
+                                    if k in record}, "skipped": self.nonfinite.total,
+                                 **({"stage": record["stage"]} if "stage" in record else {})})
+                # Before the checkpoint, so a checkpoint holds the stage its step ends in.
+                checked = self.curriculum is not None and self.curriculum.due(self.step)
+                if checked:
+                    self._curriculum_check()
                 saved = self.step % cfg.checkpoint_every == 0 or self.step == cfg.num_steps
                 if saved:
                     self.save_checkpoint()
-                stopping = self._stop_requested(stop)
-                if not stopping and self.step % cfg.val_every == 0 and self.step < cfg.num_steps:
+                stopping = stop.requested(acc)
+                if not stopping and self.step % cfg.val_every == 0 and self.step < cfg.num_steps \
+                        and not checked:  # a curriculum check has just logged the same numbers
                     self._periodic_evaluation()
                     # A signal during the evaluation stops here, not after one more step.
-                    stopping = self._stop_requested(stop)
+                    stopping = stop.requested(acc)
                 if stopping:
                     bar.close()
                     self._stop(stop.signum, saved)
@@ -356,24 +368,12 @@ class Trainer:
         summary = self.final_evaluation()
         if self.is_main:
             print(headline(summary))
-            data = summary.get("training", {}).get("data")
-            if data:  # what a dataset gave, and what it could not (docs/data.md, "Bad data")
-                skipped = {k: v for k, v in data["skipped"].items() if v}
-                print(f"data: {data['loaded']} samples loaded; skipped: "
-                      + (", ".join(f"{k} {v}" for k, v in skipped.items()) or "none"))
             print(f"gallery: {self.run_dir / 'eval' / 'index.html'}")
         acc.end_training()
         key = f"reward/{self.reward_name}"
         return {"before": summary["per_model"]["base"][key]["mean"],
                 "after": summary["per_model"]["tuned"][key]["mean"], "step": self.step,
                 "summary": summary}
-
-    def _stop_requested(self, stop: StopSignals) -> bool:
-        # Any process may be the one signalled; all of them must stop at the same step.
-        flag = torch.tensor([float(stop.signum or 0)], device=self.accelerator.device)
-        signum = int(self.accelerator.reduce(flag, "max").item())
-        stop.signum = signum or None
-        return bool(signum)
 
     def _stop(self, signum: int, saved: bool) -> None:
         if not saved:

@@ -22,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from vader.protocols import Backbone
 from vader.sampling.seeds import ETA, generator_seed
-from vader.sampling.windows import Windows, fuse
+from vader.sampling.keyframes import Keyframes, put, renoised
+from vader.sampling.windows import TIME_AXIS, Windows, fuse
 
 BACKPROP_MODES = ("last", "rand", "specific")
 
@@ -166,7 +167,8 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
            num_inference_steps: int, guidance_scale: float = 7.5, cutoff: int | None = None,
            eta: float = 0.0, step_seeds: list[int] | None = None,
            gradient_checkpointing: bool = True, batch_cfg: bool = True,
-           compile_no_grad_steps: bool = False, windows: Windows | None = None) -> torch.Tensor:
+           compile_no_grad_steps: bool = False, windows: Windows | None = None,
+           keyframes: Keyframes | None = None) -> torch.Tensor:
     """Denoise `noise` into clean latents. Gradients flow through steps `cutoff..end` when grad
     mode is on; `cutoff=None` (or grad mode off) samples without any graph.
 
@@ -176,9 +178,23 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     steps that do keep them always run eagerly. windows: a latent longer than the backbone's
     window is predicted window by window and the overlaps fused (vader.sampling.windows); with
     checkpointing each window's call is checkpointed on its own, so the memory a step keeps for
-    backward follows the window, not the length."""
+    backward follows the window, not the length. keyframes: two passes (vader.sampling.keyframes):
+    the keyframes alone without gradients at their guidance, then every frame at the in-between
+    guidance with the keyframes re-noised into place at each step and kept exactly at the end."""
     if len(prompts) != noise.shape[0]:
         raise ValueError(f"{len(prompts)} prompts for {noise.shape[0]} noise samples")
+    known = None
+    if keyframes is not None:
+        index = torch.tensor(keyframes.indices(noise.shape[TIME_AXIS]))
+        key_windows = windows if windows is not None and len(index) > windows.window else None
+        with torch.no_grad():
+            keys = sample(backbone, model, prompts, noise.index_select(TIME_AXIS, index.to(noise.device)),
+                          num_inference_steps=num_inference_steps,
+                          guidance_scale=keyframes.guidance_scale or guidance_scale, eta=eta,
+                          step_seeds=step_seeds, batch_cfg=batch_cfg,
+                          compile_no_grad_steps=compile_no_grad_steps, windows=key_windows)
+        known = (index, keys, noise.index_select(TIME_AXIS, index.to(noise.device)))
+        guidance_scale = keyframes.inbetween_guidance_scale
     scheduler = backbone.make_scheduler()
     # Timesteps stay on the CPU (the network moves its timestep to the latents' device): DDIM's
     # `step` indexes its CPU alphas with the timestep and compares it with 0, which with a GPU
@@ -208,6 +224,8 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff
         with torch.set_grad_enabled(track):
+            if known is not None:  # RePaint: the keyframes at this step's noise level
+                latents = put(latents, known[0], renoised(scheduler, known[1], known[2], t))
             # Scaled outside the checkpoint: Euler's `scale_model_input` reads the step index
             # that `step` advances, so a recomputation in backward would scale with the sigma
             # of whatever step the sampler had reached by then, not this one's.
@@ -226,7 +244,7 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
                 kwargs = {"eta": eta, "variance_noise": step_noise(
                     latents, step_seeds or list(range(len(prompts))), i)}
             latents = scheduler.step(out, t, latents, **kwargs).prev_sample
-    return latents
+    return latents if known is None else put(latents, known[0], known[1])
 
 
 def _dynamo_errors() -> tuple[type[Exception], ...]:
