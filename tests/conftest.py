@@ -65,8 +65,8 @@ def tiny_folders(tmp_path_factory) -> dict[str, Path]:
 def backbone_overrides(name: str, folders: dict[str, Path]) -> list[str]:
     """Hydra overrides selecting backbone `name`, pointed at the tiny folders, in float32."""
     from tests.tiny_models import ADAPTER_CONFIG
-    if name == "tiny":
-        return ["backbone=tiny"]
+    if name in ("tiny", "world"):  # built in memory / shipped in backbones/weights/world
+        return [f"backbone={name}"]
     if name == "modelscope":
         return ["backbone=modelscope", f"backbone.pretrained={folders['modelscope']}", *F32]
     common = [f"backbone={name}", f"backbone.pretrained={folders['sd15']}", *F32]
