@@ -56,7 +56,7 @@ def test_reward_gradients_train_on_long_videos_and_other_algorithms_refuse(make_
     assert trainer.rewards["seam"].seams(10) == [3, 4, 6, 7, 9]
     rows = (tmp_path / "r" / "eval" / "metrics.csv").read_text().splitlines()
     assert "reward/seam" in rows[0] and len(rows) == 1 + 2 * len(trainer.prompts.val) * trainer.cfg.num_val_seeds
-    with pytest.raises(ValueError, match="long.window=4: training on long videos works with algorithm=reward_grad"):
-        make_trainer("algorithm=grpo", "long.window=4")
+    with pytest.raises(ValueError, match="long.window=4: SFT does not train on videos made that way"):
+        make_trainer("algorithm=sft", "long.window=4")
     with pytest.raises(ValueError, match="shorter than one window"):
         make_trainer("long.window=8")  # TINY's 4 frames

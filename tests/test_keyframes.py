@@ -87,7 +87,7 @@ def test_reward_gradients_train_through_the_inbetween_pass(make_trainer, tmp_pat
     assert result["summary"]["settings"]["inbetween_guidance"] == 3.0
     lora = trainer.backbone.lora_state_dict()
     assert any(v.abs().max() > 0 for k, v in lora.items() if "lora_B" in k)  # it learned
-    with pytest.raises(ValueError, match="long.keyframe_interval=2: training on long videos"):
+    with pytest.raises(ValueError, match="long.keyframe_interval=2: GRPO does not train on videos made"):
         make_trainer("algorithm=grpo", "long.keyframe_interval=2")
     with pytest.raises(ValueError, match="long.keyframe_interval=1"):
         make_trainer("long.keyframe_interval=1")

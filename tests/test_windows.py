@@ -154,3 +154,20 @@ def test_windowed_k1_lora_gradient_matches_a_hand_written_reference():
     assert largest > 0 and sum(bool(g.abs().max() > 0) for g in reference) > 0.9 * len(params)
     for got, want in zip(ours, reference, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * largest)
+
+
+def test_grpo_trains_on_long_videos_in_windows(make_trainer, tmp_path):
+    """GRPO's rollout and its update predict the long latent window by window alike: before any
+    update the recomputed log-probabilities equal the rollout's (ratio 1), and a step trains."""
+    trainer = make_trainer("algorithm=grpo", "algorithm.group_size=2", "algorithm.groups_per_step=1",
+                           "train_batch_size=2", "num_frames=10", "long.window=4", "long.overlap=1",
+                           run_dir=tmp_path / "r")
+    trainer.setup()
+    plan = trainer.algorithm.plan(0)
+    assert trainer.algorithm.traj.latents.shape[3] == 10  # (steps + 1, B, C, T, h, w)
+    numbers = trainer.algorithm.loss(plan.updates[0][0]).numbers
+    assert abs(float(numbers["ratio"]) - 1) < 1e-5
+    before = {k: v.clone() for k, v in trainer.backbone.lora_state_dict().items()}
+    record = trainer.train_step()
+    assert not record["skipped"]
+    assert any((v - before[k]).abs().max() > 0 for k, v in trainer.backbone.lora_state_dict().items())

@@ -32,10 +32,11 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
         algorithm.check(settings, accelerator.num_processes)
         long = settings.long
         for key in ("window", "keyframe_interval"):
-            if getattr(long, key) is not None and not getattr(algorithm, "long_videos", False):
-                raise ValueError(f"long.{key}={getattr(long, key)}: training on long videos works with "
-                                 f"algorithm=reward_grad so far, not {type(algorithm).__name__}; set "
-                                 f"long.{key}=null (evaluation and vader.generate take it with any algorithm)")
+            if getattr(long, key) is not None and key not in getattr(algorithm, "long_videos", ()):
+                raise ValueError(f"long.{key}={getattr(long, key)}: {type(algorithm).__name__} does not "
+                                 f"train on videos made that way; set long.{key}=null, or choose an "
+                                 "algorithm that does (docs/long_video.md). Evaluation and "
+                                 "vader.generate take it with any algorithm")
     curriculum = None if settings.only_val else Curriculum.from_config(settings)
     if curriculum is not None:
         if getattr(algorithm, "data", None) is not None:

@@ -33,14 +33,16 @@ from vader.data.order import prompt_at
 from vader.evaluation.evaluate import lora_disabled, set_lora_dropout
 from vader.frames import frames_to_decode, score
 from vader.protocols import Backbone, ItemLoss, Plan, Reward, Run, info_numbers
-from vader.sampling.differentiable import guided_prediction, make_noise
+from vader.sampling.differentiable import guided_prediction
 from vader.sampling.seeds import STEPS, TRAIN, generator_seed
 from vader.sampling.stochastic import (Trajectory, log_prob, rollout, select_cond, step_kernel)
+from vader.sampling.windows import in_windows, video_noise, windows_of
 
 
 class GRPO:
     progress = ("reward", "clip_frac")
     data = None  # learns from its own samples
+    long_videos = ("window",)  # long.* keys its sampler takes (keyframes: not in a trajectory yet)
 
     def __init__(self, group_size: int = 4, groups_per_step: int = 2, same_noise: bool = True,
                  eta: float = 1.0, clip_range: float = 1e-4, adv_clip_max: float = 5.0,
@@ -102,6 +104,7 @@ class GRPO:
                                                                 run.cfg.num_inference_steps)
         self.eligible = self._eligible(self.kernel, timesteps)
         self.per_video = max(1, int(self.timestep_fraction * len(self.eligible)))
+        self.windows = windows_of(run.cfg.long)  # long videos in windows (docs/long_video.md)
 
     def _schedule(self, backbone: Backbone, num_steps: int) -> tuple[Any, Any, torch.Tensor]:
         """The backbone's scheduler set to `num_steps`, its stochastic step kernel (which raises,
@@ -189,13 +192,13 @@ class GRPO:
     def _rollout(self, prompts: list[str], initial: list[int],
                  own: list[int]) -> tuple[Trajectory, torch.Tensor, dict]:
         run, cfg, acc = self.run, self.run.cfg, self.run.accelerator
-        noise = make_noise(run.backbone.latent_shape(len(prompts), cfg.num_frames, cfg.height,
-                                                     cfg.width), initial, acc.device)
+        noise = video_noise(run.backbone.latent_shape(len(prompts), cfg.num_frames, cfg.height,
+                                                      cfg.width), initial, self.windows, acc.device)
         with torch.no_grad(), acc.autocast():
             traj = rollout(run.backbone, run.model, prompts, noise,
                            num_inference_steps=cfg.num_inference_steps,
                            guidance_scale=cfg.guidance_scale, eta=self.eta, step_seeds=own,
-                           batch_cfg=cfg.batch_cfg)
+                           batch_cfg=cfg.batch_cfg, windows=self.windows)
             # Each video's frames chosen from its own seed, as evaluation chooses them.
             rngs = [random.Random(s) for s in own]
             frames = torch.cat([run.backbone.decode(traj.final[b:b + 1],
@@ -220,11 +223,14 @@ class GRPO:
             # bare module (no DDP bookkeeping for a pass that trains nothing).
             bare = run.accelerator.unwrap_model(run.model)
             with torch.no_grad(), lora_disabled(bare):
-                ref_out = guided_prediction(run.backbone, bare, x_in, t.to(x.device), cond,
-                                            cfg.guidance_scale, cfg.batch_cfg)
+                ref_out = in_windows(lambda w: guided_prediction(
+                    run.backbone, bare, w, t.to(x.device), cond, cfg.guidance_scale, cfg.batch_cfg),
+                    x_in, self.windows)
                 ref_mean, _ = self.kernel.gaussian(ref_out, t, x)
-        out = guided_prediction(run.backbone, run.model, x_in, t.to(x.device), cond,
-                                cfg.guidance_scale, cfg.batch_cfg)
+        # In windows, each window's call checkpointed: the update's memory follows the window.
+        out = in_windows(lambda w: guided_prediction(run.backbone, run.model, w, t.to(x.device), cond,
+                                                     cfg.guidance_scale, cfg.batch_cfg),
+                         x_in, self.windows, checkpointed=cfg.gradient_checkpointing)
         mean, std = self.kernel.gaussian(out, t, x)
         new = log_prob(x_next, mean, std)
         old = traj.log_probs[at, idx]

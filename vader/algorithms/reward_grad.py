@@ -32,7 +32,7 @@ class RewardGradient:
     progress = ("loss", "reward")
     data = None  # learns from its own samples
     needs_reward_gradient = True  # the build gives it a composite's parts with gradients only
-    long_videos = True  # samples long videos in windows (cfg.long, vader.sampling.windows)
+    long_videos = ("window", "keyframe_interval")  # long.* keys its sampler takes (docs/long_video.md)
 
     def check(self, cfg: Any, num_processes: int) -> None:
         check_backprop(cfg.backprop_mode, cfg.num_inference_steps, cfg.backprop_steps,

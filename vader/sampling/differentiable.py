@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from vader.protocols import Backbone
 from vader.sampling.seeds import ETA, generator_seed
 from vader.sampling.keyframes import Keyframes, put, renoised
-from vader.sampling.windows import TIME_AXIS, Windows, fuse
+from vader.sampling.windows import TIME_AXIS, Windows, in_windows
 
 BACKPROP_MODES = ("last", "rand", "specific")
 
@@ -219,7 +219,7 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
             one = lambda x: checkpoint(eps, x, t, net, use_reentrant=False)  # noqa: E731
         else:
             one = lambda x: eps(x, t, net)  # noqa: E731
-        return one(x_in) if windows is None else fuse(one, x_in, windows)
+        return in_windows(one, x_in, windows)
 
     for i, t in enumerate(scheduler.timesteps):
         track = torch.is_grad_enabled() and i >= cutoff

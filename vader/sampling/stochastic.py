@@ -25,6 +25,7 @@ from torch import nn
 
 from vader.protocols import Backbone
 from vader.sampling.differentiable import conditioning, guided_prediction, step_noise
+from vader.sampling.windows import Windows, in_windows
 
 
 class StepKernel(Protocol):
@@ -143,10 +144,12 @@ def select_cond(cond: torch.Tensor, index: torch.Tensor, guided: bool) -> torch.
 @torch.no_grad()
 def rollout(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torch.Tensor, *,
             num_inference_steps: int, guidance_scale: float, eta: float, step_seeds: list[int],
-            batch_cfg: bool = True) -> Trajectory:
+            batch_cfg: bool = True, windows: Windows | None = None) -> Trajectory:
     """Denoise `noise` without gradients, drawing each step's noise from `step_seeds` as the
     differentiable sampler does with the same eta (so both give the same video), and record every
-    step. Costs what plain sampling costs plus arithmetic on the latents."""
+    step. Costs what plain sampling costs plus arithmetic on the latents. `windows`: a long
+    latent predicted window by window, overlaps fused (vader.sampling.windows); the step's
+    Gaussian is then the whole video's."""
     if len(prompts) != noise.shape[0] or len(step_seeds) != noise.shape[0]:
         raise ValueError(f"{len(prompts)} prompts and {len(step_seeds)} step seeds for "
                          f"{noise.shape[0]} noise samples")
@@ -157,8 +160,8 @@ def rollout(backbone: Backbone, model: nn.Module, prompts: list[str], noise: tor
     x = noise * scheduler.init_noise_sigma
     latents, means, stds, log_probs = [x], [], [], []
     for i, t in enumerate(scheduler.timesteps):
-        out = guided_prediction(backbone, model, scheduler.scale_model_input(x, t), t, cond,
-                                guidance_scale, batch_cfg)
+        out = in_windows(lambda w: guided_prediction(backbone, model, w, t, cond, guidance_scale,
+                                                     batch_cfg), scheduler.scale_model_input(x, t), windows)
         mean, std = kernel.gaussian(out, t.expand(len(prompts)), x)
         x = (mean + std * step_noise(x, step_seeds, i)).to(noise.dtype)
         latents.append(x)

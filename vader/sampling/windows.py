@@ -121,6 +121,19 @@ def fuse(predict, x: torch.Tensor, windows: Windows) -> torch.Tensor:
     return out
 
 
+def in_windows(predict, x: torch.Tensor, windows: Windows | None, checkpointed: bool = False) -> torch.Tensor:
+    """`predict(x)`, or, with windows, the fused prediction of every window (`fuse`), each window's
+    call checkpointed on its own when `checkpointed` (backward then recomputes one window at a
+    time, so the memory it keeps follows the window)."""
+    if windows is None:
+        return predict(x)
+    if checkpointed:
+        from torch.utils.checkpoint import checkpoint
+
+        return fuse(lambda w: checkpoint(predict, w, use_reentrant=False), x, windows)
+    return fuse(predict, x, windows)
+
+
 def long_noise(shape: tuple[int, ...], seeds: list[int], windows: Windows,
                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Noise `shape` = (B, C, T, h, w) for a long video, FreeNoise's rescheduling: the first
