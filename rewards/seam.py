@@ -1,9 +1,11 @@
 """Seam: are the boundaries between the windows of a long video as smooth as the inside of a
-window? A long video made of windows of `window` frames that overlap by `overlap` (window k
-starts at frame k × (window − overlap)) can jump where one window's frames give way to the
-next: at both edges of each overlap, the frame pairs (s − 1, s) for s = k × stride and
-s = k × stride + overlap, k ≥ 1 (one seam per window when overlap is 0); `seam_frames` names
-the frames s instead.
+window? A long video made of windows of `window` frames that overlap by `overlap`, laid out as
+vader.sampling.windows lays them (window k starts at frame k × (window − overlap), the last one
+moved back to end at the last frame), can jump where one window's frames give way to the next:
+at both edges of each overlap, the frame pairs (s − 1, s) for s = a window's first frame and
+s = the previous window's end (one seam per window when overlap is 0); `seam_frames` names the
+frames s instead. A video no longer than one window has no seam: an error, unless
+`one_window_scores_one` (the evaluation's seam column of a length curriculum's first stage).
 
 For every consecutive pair, the flow-warp error: the mean absolute difference between frame t+1
 and frame t warped onto it by optical flow (rewards/flow.py), over the pixels the
@@ -26,16 +28,15 @@ from rewards.flow import flow_estimator, pair_flows, visible_mean, warp_previous
 
 
 def seam_starts(num_frames: int, window: int, overlap: int) -> list[int]:
-    """The frames s where a seam pair (s − 1, s) ends, inside a video of num_frames."""
-    stride = window - overlap
-    starts = set()
-    for k in range(1, num_frames):
-        for s in (k * stride, k * stride + overlap):
-            if 0 < s < num_frames:
-                starts.add(s)
-        if k * stride >= num_frames:
-            break
-    return sorted(starts)
+    """The frames s where a seam pair (s − 1, s) ends, inside a video of num_frames made in the
+    windows of vader.sampling.windows (none when it fits one window)."""
+    from vader.sampling.windows import Windows
+
+    if num_frames <= window:
+        return []
+    spans = Windows(window, overlap, "none").spans(num_frames)
+    starts = {s for (_, prev_end), (start, _) in zip(spans, spans[1:]) for s in (start, prev_end)}
+    return sorted(s for s in starts if 0 < s < num_frames)
 
 
 class Seam:
@@ -44,12 +45,14 @@ class Seam:
 
     def __init__(self, frames: str | int = "all", window: int = 16, overlap: int = 4,
                  seam_frames: list[int] | None = None, flow: str = "raft_small",
-                 flow_weights: str = "default", num_flow_updates: int = 12, eps: float = 1e-3) -> None:
+                 flow_weights: str = "default", num_flow_updates: int = 12, eps: float = 1e-3,
+                 one_window_scores_one: bool = False) -> None:
         if frames != "all":
             raise ValueError("seam needs every frame (frames='all'): the seams sit at fixed frames")
         if seam_frames is None and not 0 <= overlap < window:
             raise ValueError(f"seam: overlap ({overlap}) must be at least 0 and less than window ({window})")
         self.frames, self.window, self.overlap, self.eps = frames, window, overlap, eps
+        self.one_window_scores_one = one_window_scores_one
         self.seam_frames = None if seam_frames is None else sorted(int(s) for s in seam_frames)
         self.estimator = flow_estimator(flow, flow_weights, num_flow_updates)
 
@@ -67,6 +70,9 @@ class Seam:
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)
+        if self.one_window_scores_one and self.seam_frames is None and frames.shape[1] <= self.window:
+            one = torch.ones(frames.shape[0], dtype=frames.dtype, device=frames.device)
+            return one, {"seam": one.mean()}  # nothing joined, nothing to be rough
         seams = self.seams(frames.shape[1])
         flows = pair_flows(frames, self.estimator)
         x = frames.float()

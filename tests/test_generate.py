@@ -53,7 +53,7 @@ def test_reward_gradients_train_on_long_videos_and_other_algorithms_refuse(make_
     assert summary["settings"]["window"] == 4 and summary["settings"]["num_frames"] == 10
     # Each video's seam score at the windows' boundaries, in every evaluation (window 4, overlap 1).
     assert "seam" in summary["rewards"] and "seam" in trainer.metric_names
-    assert trainer.rewards["seam"].seams(10) == [3, 4, 6, 7, 9]
+    assert trainer.rewards["seam"].seams(10) == [3, 4, 6, 7]  # windows (0, 4), (3, 7), (6, 10)
     rows = (tmp_path / "r" / "eval" / "metrics.csv").read_text().splitlines()
     assert "reward/seam" in rows[0] and len(rows) == 1 + 2 * len(trainer.prompts.val) * trainer.cfg.num_val_seeds
     with pytest.raises(ValueError, match="long.window=4: SFT does not train on videos made that way"):

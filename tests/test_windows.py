@@ -74,9 +74,9 @@ def test_windows_without_overlap_are_each_window_generated_alone(world):
 
 def test_fused_overlaps_hide_the_seams_that_concatenation_shows(world):
     """24 frames (3 windows of 8) of the world model, 10 steps, Farneback flow. Measured: plain
-    concatenation of independently drawn windows scores 0.19 on seam (both videos); triangular
-    fusion over 2 overlapping frames with FreeNoise's noise 1.00 and 0.90 (uniform fusion 0.98,
-    0.83). On the tiny random backbone every mode scores about 1: it moves nothing across
+    concatenation of independently drawn windows scores 0.19 and 0.27 on seam; triangular
+    fusion over 2 overlapping frames with FreeNoise's noise 0.97 and 0.91 (uniform fusion 0.96,
+    0.76; seams where vader.sampling.windows puts them, measured 2026-12-06). On the tiny random backbone every mode scores about 1: it moves nothing across
     frames, so it has no seams to hide (docs/long_video.md)."""
     model = world.trainable_module()
     with torch.no_grad():

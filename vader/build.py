@@ -78,7 +78,7 @@ def seam_args(cfg: DictConfig, metrics: list[str]) -> DictConfig:
     if "seam" not in metrics:
         metrics.append("seam")
     args["seam"] = {"window": cfg.long.window, "overlap": cfg.long.overlap, "flow": "farneback",
-                    **(args.get("seam") or {})}
+                    "one_window_scores_one": True, **(args.get("seam") or {})}
     return OmegaConf.create(args)
 
 
