@@ -39,14 +39,18 @@ class SFT:
         frame_rule(cfg)
 
     def check_models(self, cfg: Any, backbone: Backbone, reward: Reward) -> None:
-        pass  # the reward only evaluates
+        # The reward only evaluates; Min-SNR weights read a DDPM schedule's ᾱ.
+        if self.min_snr_gamma and not hasattr(backbone.make_scheduler(), "alphas_cumprod"):
+            raise ValueError(f"algorithm.min_snr_gamma={self.min_snr_gamma}: Min-SNR weights need a "
+                             f"DDPM noise schedule, and backbone {backbone.name!r} is flow matching; "
+                             "set algorithm.min_snr_gamma=null")
 
     def setup(self, run: Run) -> None:
         self.run = run
         self.stream = training_data(run)
         scheduler = run.backbone.make_scheduler()
         self.num_timesteps = scheduler.config.num_train_timesteps
-        self.alphas_cumprod = scheduler.alphas_cumprod.float()
+        self.alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)  # flow matching: none
 
     def plan(self, step: int) -> Plan:
         samples, total = self.stream.step(step)

@@ -55,13 +55,20 @@ def dead_steps(make_scheduler: Callable[[], Any], num_steps: int) -> frozenset[i
     x = torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(0))
     dead = set()
     for i, t in enumerate(scheduler.timesteps):
-        x_in = scheduler.scale_model_input(x, t)
+        x_in = model_input(scheduler, x, t)
         outs = [copy.deepcopy(scheduler).step(torch.full_like(x_in, v), t, x).prev_sample
                 for v in (0.0, 1.0)]
         if (outs[0] - outs[1]).abs().max() < 1e-4:
             dead.add(i)
         x = scheduler.step(torch.zeros_like(x_in), t, x).prev_sample  # advance multistep state
     return frozenset(dead)
+
+
+def model_input(scheduler: Any, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`scheduler.scale_model_input`; flow-matching schedulers have none: their network input
+    is the latent itself."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return latents if scale is None else scale(latents, t)
 
 
 def cutoff_index(mode: str, num_steps: int, backprop_steps: int = 1,
@@ -202,7 +209,7 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
     scheduler.set_timesteps(num_inference_steps)
     cond = conditioning(backbone, prompts, guidance_scale)
     cutoff = num_inference_steps if cutoff is None else cutoff
-    latents = noise * scheduler.init_noise_sigma
+    latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching: none (1)
 
     no_grad_model = compiled(model) if compile_no_grad_steps else model
     # A backbone that checkpoints its own blocks needs no second, outer checkpoint (it would only
@@ -229,7 +236,7 @@ def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torc
             # Scaled outside the checkpoint: Euler's `scale_model_input` reads the step index
             # that `step` advances, so a recomputation in backward would scale with the sigma
             # of whatever step the sampler had reached by then, not this one's.
-            x_in = scheduler.scale_model_input(latents, t)
+            x_in = model_input(scheduler, latents, t)
             if track:
                 # Only the network call is checkpointed: multistep schedulers mutate their state
                 # in `step`, which a recomputation must not repeat.

@@ -70,4 +70,6 @@ def put(latents: torch.Tensor, index: torch.Tensor, frames: torch.Tensor) -> tor
 def renoised(scheduler, keys: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """The clean keyframe latents at the noise level of timestep `t`, in the scheduler's own
     parametrisation (DDIM's sqrt(ᾱ) x0 + sqrt(1 − ᾱ) ε, Euler's x0 + σ ε)."""
-    return scheduler.add_noise(keys, noise.to(keys.dtype), t.reshape(1))
+    if hasattr(scheduler, "add_noise"):
+        return scheduler.add_noise(keys, noise.to(keys.dtype), t.reshape(1))
+    return scheduler.scale_noise(keys, t.reshape(1), noise.to(keys.dtype))  # flow matching

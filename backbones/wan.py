@@ -1,0 +1,250 @@
+"""`backbone=wan`: Wan2.1 text-to-video (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, the 14B, and
+checkpoints in the same diffusers layout) as diffusers' WanPipeline runs it: a
+WanTransformer3DModel predicting the flow velocity, the causal 3D VAE AutoencoderKLWan (4x in
+time, 8x in space, latents normalised by its per-channel mean and std), a UMT5 encoder whose
+embeddings past each prompt's length are zeroed, and a flow-matching scheduler with shift.
+
+Latents are (B, 16, (F − 1)/4 + 1, H/8, W/8): a video of F = 4k + 1 frames. Windows, keyframe
+intervals and `backprop` count latent frames, like every backbone's; frame choices of a reward
+are taken after decoding the whole latent video (exact: the VAE is causal, so a frame depends
+on the latent frames up to its own, and decoding all of them gives every frame as WanPipeline
+does).
+
+Flow matching: x_t = (1 − σ) x0 + σ ε with σ = t / 1000, and the network predicts v = ε − x0
+(`prediction_type = "flow"`); the scheduler's step is x_{t−1} = x_t + (σ_next − σ) v.
+"""
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import torch
+from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
+                       UniPCMultistepScheduler, WanTransformer3DModel)
+from peft import LoraConfig, inject_adapter_in_model
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from backbones.loading import check_sources, load_part, load_scheduler_config, parse_dtype, part_source
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
+# flow_euler: FlowMatchEulerDiscreteScheduler (the one step the stochastic sampler's flow SDE
+# generalises); unipc: UniPCMultistepScheduler with flow sigmas, WanPipeline's shipped default.
+SCHEDULERS = ("flow_euler", "unipc")
+
+
+def check_frames_count(num_frames: int, temporal: int) -> None:
+    if num_frames < 1 or (num_frames - 1) % temporal:
+        k = max(1, round((num_frames - 1) / temporal))
+        raise ValueError(f"num_frames={num_frames}: this VAE compresses time by {temporal}, so a "
+                         f"video has {temporal}k + 1 frames (e.g. num_frames={temporal * k + 1})")
+
+
+def clean_prompt(text: str) -> str:
+    """WanPipeline's prompt cleaning (html entities unescaped, whitespace collapsed); ftfy's text
+    repair, which it also runs when ftfy is installed, is left out: prompts here are plain."""
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
+
+
+class WanBackbone:
+    """Prompts -> UMT5 embeddings -> Wan transformer (flow velocity) -> causal 3D VAE."""
+
+    prediction_type = "flow"
+
+    def __init__(self, name: str, transformer: nn.Module, vae: AutoencoderKLWan, text_encoder: nn.Module,
+                 tokenizer: Any, scheduler_config: dict[str, Any], scheduler: str = "flow_euler",
+                 shift: float | None = None, max_sequence_length: int = 512, lora_rank: int = 16,
+                 lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
+                 lora_dropout: float = 0.0, gradient_checkpointing: bool = True) -> None:
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"backbone.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
+        self.name, self.scheduler = name, scheduler
+        self.transformer, self.vae, self.text_encoder, self.tokenizer = transformer, vae, text_encoder, tokenizer
+        config = dict(scheduler_config)
+        # The checkpoint's shift (Wan's UniPC config calls it flow_shift; FlowMatchEuler's, shift),
+        # unless backbone.shift gives one (Wan: 3 at 480p, 5 at 720p).
+        shift = shift if shift is not None else config.get("flow_shift", config.get("shift", 1.0))
+        config.pop("shift", None), config.pop("flow_shift", None)
+        if scheduler == "unipc":  # what WanPipeline's own scheduler_config.json sets
+            config.update(flow_shift=shift, prediction_type="flow_prediction", use_flow_sigmas=True)
+        else:
+            config.update(shift=shift)
+        self.scheduler_config = config
+        self.max_sequence_length = max_sequence_length
+        self.gradient_checkpointing = gradient_checkpointing
+        self.weight_dtype = next(transformer.parameters()).dtype
+        for module in (transformer, vae, text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank,
+                                      init_lora_weights="gaussian", lora_dropout=lora_dropout,
+                                      target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
+        inject_adapter_in_model(self.lora_config, self.transformer)
+        self.transformer.eval()
+        for p in self.transformer.parameters():
+            if p.requires_grad:  # LoRA in float32 whatever the frozen weights' dtype
+                p.data = p.data.float()
+        cfg = vae.config
+        self.temporal, self.spatial = cfg.scale_factor_temporal, cfg.scale_factor_spatial
+        self.latents_mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1)
+        self.latents_std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1)
+
+    # --- sizes -----------------------------------------------------------------------------
+    def check_video(self, num_frames: int, height: int, width: int) -> None:
+        check_frames_count(num_frames, self.temporal)
+        m = self.spatial * self.transformer.config.patch_size[1]
+        if height % m or width % m or height <= 0 or width <= 0:
+            raise ValueError(f"backbone {self.name!r} cannot make {height}x{width} videos: height "
+                             f"and width must be positive multiples of {m}")
+
+    def latent_frames(self, num_frames: int) -> int:
+        return (num_frames - 1) // self.temporal + 1
+
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        self.check_video(num_frames, height, width)
+        return (batch, self.transformer.config.in_channels, self.latent_frames(num_frames),
+                height // self.spatial, width // self.spatial)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, device: torch.device | str) -> "WanBackbone":
+        for module in (self.transformer, self.vae, self.text_encoder):
+            module.to(device)
+        return self
+
+    # --- model calls -----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """UMT5 embeddings padded to `max_sequence_length`, zero past each prompt's tokens, as
+        WanPipeline makes them."""
+        ids = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length",
+                             max_length=self.max_sequence_length, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        mask = ids.attention_mask.to(self.device)
+        out = self.text_encoder(ids.input_ids.to(self.device), mask).last_hidden_state
+        return out * mask.unsqueeze(-1).to(out.dtype)
+
+    def predict(self, model: nn.Module, latents: torch.Tensor, t: torch.Tensor,
+                cond: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1).to(latents.device)
+        t = t.expand(latents.shape[0]) if t.numel() == 1 else t
+        out = model(hidden_states=latents.to(self.weight_dtype), timestep=t,
+                    encoder_hidden_states=cond.to(self.weight_dtype), return_dict=False)[0]
+        return out.to(latents.dtype)
+
+    def decode(self, latents: torch.Tensor, frame_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames (B, F, 3, H, W) in [0, 1]: the whole latent video decoded (the causal VAE's
+        frames depend on every latent frame before them), then the frames asked for."""
+        z = latents.to(self.vae.dtype)
+        z = z * self.latents_std.to(z) + self.latents_mean.to(z)
+        if self.gradient_checkpointing and z.requires_grad:
+            video = checkpoint(self._decode, z, use_reentrant=False)
+        else:
+            video = self._decode(z)
+        frames = (video.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
+        return frames if frame_index is None else frames[:, frame_index.to(frames.device)]
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z, return_dict=False)[0]
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalised latents of frames (B, F, 3, H, W) in [0, 1]: the posterior's mean, or a draw."""
+        x = (frames.permute(0, 2, 1, 3, 4) * 2 - 1).to(self.vae.device, self.vae.dtype)
+        posterior = self.vae.encode(x).latent_dist
+        z = (posterior.mean if generator is None else posterior.sample(generator)).float()
+        return (z - self.latents_mean.to(z)) / self.latents_std.to(z)
+
+    def _sigmas(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return (t.to(like.device).float() / 1000).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The flow-matching forward process: (1 − σ) x0 + σ ε, σ = t / 1000 per video."""
+        sigma = self._sigmas(t, latents)
+        return (1 - sigma) * latents + sigma * noise
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity the network predicts for `add_noise(latents, noise, t)`: ε − x0."""
+        return noise - latents
+
+    def make_scheduler(self) -> Any:
+        if self.scheduler == "unipc":
+            return UniPCMultistepScheduler.from_config(self.scheduler_config)
+        return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
+
+    # --- LoRA ------------------------------------------------------------------------------
+    def trainable_module(self) -> nn.Module:
+        return self.transformer
+
+    def lora_metadata(self) -> dict[str, Any]:
+        config = self.lora_config.to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        return {f"transformer.{k}": v for k, v in config.items()
+                if k in ("r", "lora_alpha", "target_modules")}
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        # `transformer.` is the prefix WanPipeline.load_lora_weights reads.
+        state = get_peft_model_state_dict(self.transformer)
+        return {f"transformer.{k}": v.detach().clone() for k, v in state.items()}
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        current = self.lora_state_dict()
+        missing, unexpected = set(current) - set(state), set(state) - set(current)
+        if missing or unexpected:
+            raise ValueError(f"LoRA weights do not fit backbone {self.name!r} (lora_rank/targets "
+                             f"differ?): {len(missing)} missing keys, {len(unexpected)} unexpected "
+                             f"(e.g. {sorted(missing or unexpected)[:2]})")
+        for k, v in state.items():
+            if v.shape != current[k].shape:
+                raise ValueError(f"LoRA weight {k} has shape {tuple(v.shape)}; this backbone "
+                                 f"expects {tuple(current[k].shape)} (is lora_rank the same?)")
+        set_peft_model_state_dict(self.transformer, {k[len("transformer."):]: v for k, v in state.items()})
+
+    def frozen_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for prefix, module in (("transformer", self.transformer), ("vae", self.vae),
+                               ("text_encoder", self.text_encoder)):
+            out.update({f"{prefix}.{k}": v.detach().clone() for k, v in module.state_dict().items()
+                        if "lora_" not in k})
+        return out
+
+
+def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | None = None,
+        transformer: str | None = None, vae: str | None = None, text_encoder: str | None = None,
+        transformer_dtype: str = "bf16", vae_dtype: str = "fp32", text_encoder_dtype: str = "bf16",
+        scheduler: str = "flow_euler", shift: float | None = None, max_sequence_length: int = 512,
+        lora_rank: int = 16, lora_alpha: float | None = None,
+        lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
+        gradient_checkpointing: bool = True) -> WanBackbone:
+    """Wan from a hub id or a local folder in the diffusers layout (transformer/, vae/,
+    text_encoder/, tokenizer/, scheduler/); each part can come from its own folder instead."""
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    sources = {
+        "transformer": part_source("backbone.transformer", transformer, pretrained, "transformer",
+                                   revision=revision),
+        "vae": part_source("backbone.vae", vae, pretrained, "vae", revision=revision),
+        "text_encoder": part_source("backbone.text_encoder", text_encoder, pretrained,
+                                    "text_encoder", revision=revision),
+        "tokenizer": part_source("backbone.pretrained", None, pretrained, "tokenizer",
+                                 "tokenizer_config.json", revision, weights=False),
+        "scheduler": part_source("backbone.pretrained", None, pretrained, "scheduler",
+                                 "scheduler_config.json", revision, weights=False),
+    }
+    check_sources(list(sources.values()))  # every part reachable before any weight loads
+    return WanBackbone(
+        name="wan",
+        transformer=load_part(WanTransformer3DModel, sources["transformer"],
+                              parse_dtype(transformer_dtype, "backbone.transformer_dtype")),
+        vae=load_part(AutoencoderKLWan, sources["vae"], parse_dtype(vae_dtype, "backbone.vae_dtype")),
+        text_encoder=load_part(UMT5EncoderModel, sources["text_encoder"],
+                               parse_dtype(text_encoder_dtype, "backbone.text_encoder_dtype")),
+        tokenizer=load_part(AutoTokenizer, sources["tokenizer"]),
+        scheduler_config=load_scheduler_config(sources["scheduler"]), scheduler=scheduler,
+        shift=shift, max_sequence_length=max_sequence_length, lora_rank=lora_rank,
+        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules, lora_dropout=lora_dropout,
+        gradient_checkpointing=gradient_checkpointing)

@@ -1,0 +1,152 @@
+"""Wan2.1 behind the backbone protocol (issue 19, first part; backbones/wan.py), on a tiny random
+checkpoint written in the published layout (tests/tiny_wan.py): our sampler against diffusers'
+WanPipeline, the protocol's shapes and frame-count rule, the flow-matching forward process, and
+the LoRA contract (only LoRA trains, gradients reach it, save/load round trip)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from backbones.wan import wan
+from tests.tiny_wan import write_wan
+from vader.sampling.differentiable import make_noise, sample
+
+PROMPTS = ["a red circle moves left", "a blue square on a black background"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_wan(tmp_path_factory.mktemp("wan") / "wan")
+
+
+@pytest.fixture(scope="module")
+def backbone(folder):
+    return wan(str(folder), transformer_dtype="fp32", text_encoder_dtype="fp32", max_sequence_length=16)
+
+
+@pytest.mark.parametrize("steps", [2, 5])
+def test_our_sampler_matches_wan_pipeline(folder, backbone, steps):
+    """Same noise, two guidance passes as WanPipeline makes them: latents within 1e-5, and the
+    decoded frames too."""
+    from diffusers import WanPipeline
+
+    pipe = WanPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    noise = make_noise(backbone.latent_shape(2, 9, 16, 16), [3, 4])
+    with torch.no_grad():
+        ours = sample(backbone, backbone.trainable_module(), PROMPTS, noise, num_inference_steps=steps,
+                      guidance_scale=6.0, batch_cfg=False)
+        theirs = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=6.0, height=16, width=16,
+                      num_frames=9, latents=noise.clone(), max_sequence_length=16, output_type="latent").frames
+        frames = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=6.0, height=16, width=16,
+                      num_frames=9, latents=noise.clone(), max_sequence_length=16, output_type="pt").frames
+        decoded = backbone.decode(ours)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert decoded.shape == frames.shape == (2, 9, 3, 16, 16)
+    torch.testing.assert_close(decoded, frames.float(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # one network call on the doubled batch: the same up to float order
+        batched = sample(backbone, backbone.trainable_module(), PROMPTS, noise, num_inference_steps=steps,
+                         guidance_scale=6.0, batch_cfg=True)
+    torch.testing.assert_close(batched, ours, atol=1e-5, rtol=1e-4)
+
+
+def test_frames_come_in_fours_plus_one(backbone):
+    assert backbone.latent_shape(1, 13, 32, 16) == (1, 16, 4, 4, 2)
+    with pytest.raises(ValueError, match="num_frames=8: .* 4k \\+ 1 frames \\(e.g. num_frames=9\\)"):
+        backbone.check_video(8, 16, 16)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        backbone.check_video(9, 24, 16)
+
+
+def test_flow_matching_target_recovers_the_clean_latent(backbone):
+    """A perfect velocity predictor (ε − x0) turns x_t back into x0: x0 = x_t − σ v."""
+    x0, eps = torch.randn(2, 16, 3, 2, 2), torch.randn(2, 16, 3, 2, 2)
+    t = torch.tensor([250.0, 900.0])
+    xt = backbone.add_noise(x0, eps, t)
+    v = backbone.training_target(x0, eps, t)
+    torch.testing.assert_close(xt - (t / 1000).view(-1, 1, 1, 1, 1) * v, x0)
+
+
+def test_only_lora_trains_and_its_gradient_arrives_and_round_trips(backbone, folder):
+    model = backbone.trainable_module()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+    noise = make_noise(backbone.latent_shape(1, 5, 16, 16), [1])
+    latents = sample(backbone, model, PROMPTS[:1], noise, num_inference_steps=3, guidance_scale=6.0, cutoff=2)
+    backbone.decode(latents).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().max() > 0) for g in grads) > 0.9 * len(grads)
+    state = backbone.lora_state_dict()
+    assert all(k.startswith("transformer.") for k in state)
+    fresh = wan(str(folder), transformer_dtype="fp32", text_encoder_dtype="fp32", max_sequence_length=16)
+    fresh.load_lora_state_dict(state)
+    with torch.no_grad():
+        a = sample(backbone, model, PROMPTS[:1], noise, num_inference_steps=2, guidance_scale=6.0)
+        b = sample(fresh, fresh.trainable_module(), PROMPTS[:1], noise, num_inference_steps=2, guidance_scale=6.0)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+
+
+def test_a_missing_hub_model_stops_at_once_naming_the_key(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="backbone.pretrained"):
+        wan("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+
+
+@pytest.mark.parametrize("algorithm", ["reward_grad", "sft", "dpo"])
+def test_algorithms_train_on_wan(folder, make_trainer, tmp_path, algorithm):
+    """A few steps of each algorithm that needs no stochastic DDIM step (GRPO's flow SDE step is
+    not built yet) on the tiny Wan: the LoRA changes and the run evaluates."""
+    from tests.video_data import write_clip_folder, write_pairs
+
+    data = {"sft": ["algorithm=sft", "dataset=folder", "data.num_workers=0",
+                    f"dataset.path={write_clip_folder(tmp_path / 'clips', ['red', 'blue'])}"],
+            "dpo": ["algorithm=dpo", "dataset=pairs", "data.num_workers=0",
+                    f"dataset.path={write_pairs(tmp_path / 'pairs', ['red', 'blue'])}"]}.get(algorithm, [])
+    trainer = make_trainer("backbone=wan", f"backbone.pretrained={folder}", "backbone.transformer_dtype=fp32",
+                           "backbone.text_encoder_dtype=fp32", "backbone.max_sequence_length=16",
+                           "num_frames=5", "guidance_scale=5", "backprop_steps=1", *data,
+                           run_dir=tmp_path / "run")
+    trainer.setup()
+    before = {k: v.clone() for k, v in trainer.backbone.lora_state_dict().items()}
+    result = trainer.train()
+    assert result["summary"]["settings"]["num_frames"] == 5
+    assert any((v - before[k]).abs().max() > 0 for k, v in trainer.backbone.lora_state_dict().items())
+
+
+def test_a_saved_lora_loads_with_wan_pipeline_load_lora_weights(folder, tmp_path):
+    """Our checkpoint's LoRA file (rank 4, alpha 8: the scale must travel in the file) loads with
+    diffusers' own WanPipeline.load_lora_weights, and the pipeline then makes our video."""
+    from diffusers import WanPipeline
+
+    from vader.loop import checkpoint as ckpt
+
+    ours = wan(str(folder), transformer_dtype="fp32", text_encoder_dtype="fp32", max_sequence_length=16,
+               lora_rank=4, lora_alpha=8)
+    with torch.no_grad():
+        for n, p in ours.trainable_module().named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
+    saved = ckpt.save_checkpoint(tmp_path / "checkpoints", 1, ours.lora_state_dict(),
+                                 lora_metadata=ours.lora_metadata(), backbone=ours.name)
+    pipe = WanPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(ckpt.resolve_lora_path(saved)))
+    noise = make_noise(ours.latent_shape(1, 5, 16, 16), [9])
+    with torch.no_grad():
+        mine = sample(ours, ours.trainable_module(), PROMPTS[:1], noise, num_inference_steps=3,
+                      guidance_scale=5.0, batch_cfg=False)
+        base = WanPipeline.from_pretrained(folder)(PROMPTS[:1], num_inference_steps=3, guidance_scale=5.0,
+                                                   height=16, width=16, num_frames=5, latents=noise.clone(),
+                                                   max_sequence_length=16, output_type="latent").frames
+        theirs = pipe(PROMPTS[:1], num_inference_steps=3, guidance_scale=5.0, height=16, width=16,
+                      num_frames=5, latents=noise.clone(), max_sequence_length=16, output_type="latent").frames
+    assert (mine - base).abs().max() > 1e-3  # the LoRA changes the video
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)

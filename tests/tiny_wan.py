@@ -1,0 +1,42 @@
+"""A tiny random-weight Wan2.1 checkpoint, written by WanPipeline.save_pretrained in the layout
+Wan-AI/Wan2.1-T2V-1.3B-Diffusers has (model_index.json, transformer/, vae/, text_encoder/,
+tokenizer/, scheduler/), so tests run backbones/wan.py's real loading code with no download.
+Sizes are the constructor arguments diffusers' own Wan pipeline tests use; the UMT5 tokenizer is
+a Unigram T5 tokenizer built in memory from a word list (no sentencepiece file)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+WORDS = ("a red blue green circle square moves left right up down on white black background "
+         "balloon car cat dog dance monkey the of in").split()
+
+
+def tiny_t5_tokenizer() -> T5Tokenizer:
+    # Unigram pieces with log-probability scores: the three T5 specials, the word pieces ("▁red"),
+    # then single characters so any text tokenises.
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(f"▁{w}", -3.0) for w in WORDS]
+    pieces += [(c, -8.0) for c in "abcdefghijklmnopqrstuvwxyz,."]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def write_wan(folder: Path, seed: int = 0, shift: float = 7.0) -> Path:
+    tokenizer = tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    torch.manual_seed(seed + 1)
+    text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32,
+                                               num_layers=2, num_heads=4, relative_attention_num_buckets=8))
+    torch.manual_seed(seed + 2)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256,
+                                        ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift)).save_pretrained(folder)
+    return folder
