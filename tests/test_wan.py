@@ -150,3 +150,67 @@ def test_a_saved_lora_loads_with_wan_pipeline_load_lora_weights(folder, tmp_path
                       num_frames=5, latents=noise.clone(), max_sequence_length=16, output_type="latent").frames
     assert (mine - base).abs().max() > 1e-3  # the LoRA changes the video
     torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
+
+
+def test_the_flow_sde_step_is_euler_at_noise_level_0_and_a_gaussian_otherwise(backbone):
+    """Flow-GRPO's step: eta = 0 gives FlowMatchEulerDiscreteScheduler.step's sample at every step;
+    with eta > 0 the recorded log-probability is the Gaussian density averaged over dimensions."""
+    from vader.sampling.stochastic import FlowSDEStep, flow_sde_gaussian, log_prob
+
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(4)
+    kernel = FlowSDEStep(scheduler, 0.7)
+    x = torch.randn(2, 16, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    for i, t in enumerate(scheduler.timesteps):
+        v = torch.randn(x.shape, generator=torch.Generator().manual_seed(i + 1))
+        sigma, sigma_next = kernel._sigmas(t.reshape(1))
+        euler, std0 = flow_sde_gaussian(v, x, sigma, sigma_next, 0.0, kernel.sigma_max)
+        expected = scheduler.step(v, t, x).prev_sample
+        torch.testing.assert_close(euler, expected, atol=1e-6, rtol=1e-5)
+        assert float(std0) == 0.0
+        mean, std = kernel.gaussian(v, t.expand(2), x)
+        assert (std > 0).all() and torch.isfinite(mean).all()
+        sample = mean + std * torch.randn(x.shape, generator=torch.Generator().manual_seed(9))
+        normal = torch.distributions.Normal(mean, std.expand_as(mean))
+        torch.testing.assert_close(log_prob(sample, mean, std), normal.log_prob(sample).flatten(1).mean(1))
+        x = expected
+    with pytest.raises(ValueError, match="eta=0"):
+        FlowSDEStep(scheduler, 0)
+
+
+def test_grpo_on_wan_is_on_policy_and_trains(folder, make_trainer, tmp_path):
+    trainer = make_trainer("backbone=wan", f"backbone.pretrained={folder}", "backbone.transformer_dtype=fp32",
+                           "backbone.text_encoder_dtype=fp32", "backbone.max_sequence_length=16",
+                           "num_frames=5", "guidance_scale=5", "algorithm=grpo", "algorithm.eta=0.7",
+                           "algorithm.group_size=2", "algorithm.groups_per_step=1", "train_batch_size=2",
+                           run_dir=tmp_path / "run")
+    trainer.setup()
+    plan = trainer.algorithm.plan(0)
+    ratio = float(trainer.algorithm.loss(plan.updates[0][0]).numbers["ratio"])
+    assert abs(ratio - 1) < 1e-5  # the update recomputes the rollout's own Gaussian
+    before = {k: v.clone() for k, v in trainer.backbone.lora_state_dict().items()}
+    assert not trainer.train_step()["skipped"]
+    assert any((v - before[k]).abs().max() > 0 for k, v in trainer.backbone.lora_state_dict().items())
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.7, 0.95])
+def test_the_flow_sde_step_keeps_the_noising_marginals(sigma):
+    """For data at one point x0, x_σ = (1 − σ) x0 + σ ε and the true velocity is (x − x0)/σ. The
+    step must carry N((1 − σ) x0, σ²) to N((1 − σ') x0, σ'²): its mean exactly, its variance to
+    first order in dt (the second-order term bounded here). The step's mean is affine in x, so both follow
+    from it at two points."""
+    from vader.sampling.stochastic import flow_sde_gaussian
+
+    x0, sigma_next = 0.8, sigma - 0.01
+    s, s_next = torch.tensor(sigma), torch.tensor(sigma_next)
+
+    def step(x: float) -> tuple[float, float]:
+        x = torch.tensor(x)
+        mean, std = flow_sde_gaussian((x - x0) / s, x, s, s_next, 0.7, 0.99)
+        return float(mean), float(std)
+    (m0, std), (m1, _) = step(0.0), step(1.0)
+    slope = m1 - m0
+    assert slope * (1 - sigma) * x0 + m0 == pytest.approx((1 - sigma_next) * x0, abs=1e-6)
+    # Second order: dt² ((1 + s²/2σ)² − 1) with s² = 0.49 σ/(1 − σ), the noise level squared.
+    bound = 0.01 ** 2 * (1 + 0.49 / (1 - sigma) / 2) ** 2
+    assert slope ** 2 * sigma ** 2 + std ** 2 == pytest.approx(sigma_next ** 2, abs=bound)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vader.protocols import Backbone
-from vader.sampling.differentiable import conditioning, guided_prediction, step_noise
+from vader.sampling.differentiable import conditioning, guided_prediction, model_input, step_noise
 from vader.sampling.windows import Windows, in_windows
 
 
@@ -99,9 +99,54 @@ class DDIMStep:
         return mean, std
 
 
+def flow_sde_gaussian(v: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+                      eta: float, sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow-GRPO's SDE step (Liu et al. 2025) from noise level σ to σ_next (dt = σ_next − σ < 0)
+    with velocity v: s = eta · sqrt(σ / (1 − σ)) (σ = 1 replaced by `sigma_max` below the root,
+    as Flow-GRPO does, so the first step is finite), mean = x + (v + s²/(2σ) (x + (1 − σ) v)) dt,
+    std = s · sqrt(−dt). eta = 0 is the scheduler's Euler step, x + v dt. σ, σ_next broadcast."""
+    dt = sigma_next - sigma
+    s = eta * (sigma / (1 - torch.where(sigma >= 1, torch.full_like(sigma, sigma_max), sigma))) ** 0.5
+    mean = x + (v + s ** 2 / (2 * sigma) * (x + (1 - sigma) * v)) * dt
+    return mean, s * (-dt) ** 0.5
+
+
+class FlowSDEStep:
+    """Flow matching's Euler step made stochastic (`flow_sde_gaussian`), for
+    FlowMatchEulerDiscreteScheduler: a timestep's σ and the next one's are the scheduler's own."""
+
+    def __init__(self, scheduler: Any, eta: float):
+        if eta <= 0:
+            raise ValueError(f"eta={eta}: the flow SDE step with noise level 0 is the deterministic "
+                             "Euler step and has no log-probability; use eta > 0 (Flow-GRPO: 0.7)")
+        self.eta = eta
+        self.sigmas = scheduler.sigmas.float().cpu()          # (n + 1,), ending at 0
+        self.timesteps = scheduler.timesteps.float().cpu()    # (n,)
+        self.sigma_max = float(self.sigmas[1]) if len(self.sigmas) > 2 else 0.99
+
+    def _sigmas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = (self.timesteps[None] - t.float().cpu().reshape(-1, 1)).abs().argmin(1)
+        return self.sigmas[index], self.sigmas[index + 1]
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        sigma, sigma_next = self._sigmas(t)
+        return flow_sde_gaussian(torch.zeros_like(sigma), torch.zeros_like(sigma), sigma, sigma_next,
+                                 self.eta, self.sigma_max)[1]
+
+    def gaussian(self, model_output: torch.Tensor, t: torch.Tensor,
+                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma, sigma_next = (_per_video(s, x).to(x.dtype) for s in self._sigmas(t))
+        mean, std = flow_sde_gaussian(model_output, x, sigma, sigma_next, self.eta, self.sigma_max)
+        return mean, std
+
+
 def step_kernel(scheduler: Any, eta: float) -> StepKernel:
-    """The kernel for `scheduler` (whose timesteps are set): DDIM's for now; the flow-matching
-    SDE step for FlowMatchEulerDiscreteScheduler belongs here beside it."""
+    """The kernel for `scheduler` (whose timesteps are set): the flow SDE step for flow matching's
+    Euler scheduler, DDIM's otherwise (which refuses schedulers it cannot use)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return FlowSDEStep(scheduler, eta)
     return DDIMStep(scheduler, eta)
 
 
@@ -157,11 +202,11 @@ def rollout(backbone: Backbone, model: nn.Module, prompts: list[str], noise: tor
     scheduler.set_timesteps(num_inference_steps)
     kernel = step_kernel(scheduler, eta)
     cond = conditioning(backbone, prompts, guidance_scale)
-    x = noise * scheduler.init_noise_sigma
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     latents, means, stds, log_probs = [x], [], [], []
     for i, t in enumerate(scheduler.timesteps):
         out = in_windows(lambda w: guided_prediction(backbone, model, w, t, cond, guidance_scale,
-                                                     batch_cfg), scheduler.scale_model_input(x, t), windows)
+                                                     batch_cfg), model_input(scheduler, x, t), windows)
         mean, std = kernel.gaussian(out, t.expand(len(prompts)), x)
         x = (mean + std * step_noise(x, step_seeds, i)).to(noise.dtype)
         latents.append(x)
