@@ -78,7 +78,7 @@ class Curriculum:
         self.lengths, self.steps_per_stage = lengths, steps_per_stage
         self.max_steps_per_stage = max_steps_per_stage
         self.stage, self.stage_start = 0, 0
-        self.stages = [{"stage": k, "num_frames": n, "start": 0 if k == 0 else None, "end": None,
+        self.stages = [{"stage": k + 1, "num_frames": n, "start": 0 if k == 0 else None, "end": None,
                         "outcome": None, "values": None} for k, n in enumerate(lengths)]
 
     @classmethod
