@@ -27,7 +27,8 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from backbones.loading import check_sources, load_part, load_scheduler_config, parse_dtype, part_source
+from backbones.loading import (check_sources, load_part, load_scheduler_config, parse_dtype, part_source,
+                               text_vae_sources)
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
 # flow_euler: FlowMatchEulerDiscreteScheduler (the one step the stochastic sampler's flow SDE
@@ -224,17 +225,9 @@ def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | No
     text_encoder/, tokenizer/, scheduler/); each part can come from its own folder instead."""
     from transformers import AutoTokenizer, UMT5EncoderModel
 
-    sources = {
-        "transformer": part_source("backbone.transformer", transformer, pretrained, "transformer",
-                                   revision=revision),
-        "vae": part_source("backbone.vae", vae, pretrained, "vae", revision=revision),
-        "text_encoder": part_source("backbone.text_encoder", text_encoder, pretrained,
-                                    "text_encoder", revision=revision),
-        "tokenizer": part_source("backbone.pretrained", None, pretrained, "tokenizer",
-                                 "tokenizer_config.json", revision, weights=False),
-        "scheduler": part_source("backbone.pretrained", None, pretrained, "scheduler",
-                                 "scheduler_config.json", revision, weights=False),
-    }
+    sources = {"transformer": part_source("backbone.transformer", transformer, pretrained,
+                                          "transformer", revision=revision),
+               **text_vae_sources(pretrained, revision, vae, text_encoder)}  # the same folder names
     check_sources(list(sources.values()))  # every part reachable before any weight loads
     return WanBackbone(
         name="wan",
