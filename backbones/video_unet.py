@@ -16,9 +16,10 @@ from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler
                        EulerDiscreteScheduler)
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from peft import LoraConfig, inject_adapter_in_model
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from backbones.lora import PeftLora
 
 # Diffusers' attention projections; LoRA there is what VADER and the diffusers trainers adapt.
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -63,8 +64,10 @@ def _checkpointed(forward):
     return run
 
 
-class VideoUNetBackbone:
+class VideoUNetBackbone(PeftLora):
     """Prompts -> CLIP embeddings -> video UNet denoiser -> VAE decode, frame by frame."""
+
+    lora_prefix = "unet"  # LoRA keys, as diffusers' load_lora_weights reads them (backbones/lora.py)
 
     def __init__(self, name: str, unet: nn.Module, vae: AutoencoderKL, text_encoder: nn.Module,
                  tokenizer: Any, scheduler_config: dict[str, Any], scheduler: str = "ddim",
@@ -273,38 +276,3 @@ class VideoUNetBackbone:
     # --- LoRA ------------------------------------------------------------------------------
     def trainable_module(self) -> nn.Module:
         return self.unet
-
-    def lora_metadata(self) -> dict[str, Any]:
-        # The LoraConfig as diffusers' `save_lora_weights` records it in the safetensors header,
-        # so `pipe.load_lora_weights` rebuilds the same rank, alpha and targets.
-        config = self.lora_config.to_dict()
-        config["target_modules"] = sorted(config["target_modules"])
-        return {f"unet.{k}": v for k, v in config.items() if k in ("r", "lora_alpha", "target_modules")}
-
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        # The `unet.` prefix is what diffusers' `load_lora_weights` expects for pipeline LoRAs.
-        state = get_peft_model_state_dict(self.unet)
-        return {f"unet.{k}": v.detach().clone() for k, v in state.items()}
-
-    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        current = self.lora_state_dict()
-        missing, unexpected = set(current) - set(state), set(state) - set(current)
-        if missing or unexpected:
-            raise ValueError(
-                f"LoRA weights do not fit backbone {self.name!r} (lora_rank/targets differ?): "
-                f"{len(missing)} missing keys (e.g. {sorted(missing)[:2]}), "
-                f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:2]})")
-        for k, v in state.items():
-            if v.shape != current[k].shape:
-                raise ValueError(f"LoRA weight {k} has shape {tuple(v.shape)}; this backbone "
-                                 f"expects {tuple(current[k].shape)} (is lora_rank the same as "
-                                 "when it was saved?)")
-        set_peft_model_state_dict(self.unet, {k[len("unet."):]: v for k, v in state.items()})
-
-    def frozen_state_dict(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for prefix, module in (("unet", self.unet), ("vae", self.vae), ("text_encoder", self.text_encoder)):
-            for k, v in module.state_dict().items():
-                if "lora_" not in k:
-                    out[f"{prefix}.{k}"] = v.detach().clone()
-        return out

@@ -23,12 +23,12 @@ import torch
 from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
                        UniPCMultistepScheduler, WanTransformer3DModel)
 from peft import LoraConfig, inject_adapter_in_model
-from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from backbones.loading import (check_sources, load_part, load_scheduler_config, parse_dtype, part_source,
                                text_vae_sources)
+from backbones.lora import PeftLora
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
 # flow_euler: FlowMatchEulerDiscreteScheduler (the one step the stochastic sampler's flow SDE
@@ -49,10 +49,11 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
 
 
-class WanBackbone:
+class WanBackbone(PeftLora):
     """Prompts -> UMT5 embeddings -> Wan transformer (flow velocity) -> causal 3D VAE."""
 
     prediction_type = "flow"
+    lora_prefix = "transformer"  # LoRA keys, as WanPipeline.load_lora_weights reads them
 
     def __init__(self, name: str, transformer: nn.Module, vae: AutoencoderKLWan, text_encoder: nn.Module,
                  tokenizer: Any, scheduler_config: dict[str, Any], scheduler: str = "flow_euler",
@@ -180,38 +181,6 @@ class WanBackbone:
     # --- LoRA ------------------------------------------------------------------------------
     def trainable_module(self) -> nn.Module:
         return self.transformer
-
-    def lora_metadata(self) -> dict[str, Any]:
-        config = self.lora_config.to_dict()
-        config["target_modules"] = sorted(config["target_modules"])
-        return {f"transformer.{k}": v for k, v in config.items()
-                if k in ("r", "lora_alpha", "target_modules")}
-
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        # `transformer.` is the prefix WanPipeline.load_lora_weights reads.
-        state = get_peft_model_state_dict(self.transformer)
-        return {f"transformer.{k}": v.detach().clone() for k, v in state.items()}
-
-    def load_lora_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        current = self.lora_state_dict()
-        missing, unexpected = set(current) - set(state), set(state) - set(current)
-        if missing or unexpected:
-            raise ValueError(f"LoRA weights do not fit backbone {self.name!r} (lora_rank/targets "
-                             f"differ?): {len(missing)} missing keys, {len(unexpected)} unexpected "
-                             f"(e.g. {sorted(missing or unexpected)[:2]})")
-        for k, v in state.items():
-            if v.shape != current[k].shape:
-                raise ValueError(f"LoRA weight {k} has shape {tuple(v.shape)}; this backbone "
-                                 f"expects {tuple(current[k].shape)} (is lora_rank the same?)")
-        set_peft_model_state_dict(self.transformer, {k[len("transformer."):]: v for k, v in state.items()})
-
-    def frozen_state_dict(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for prefix, module in (("transformer", self.transformer), ("vae", self.vae),
-                               ("text_encoder", self.text_encoder)):
-            out.update({f"{prefix}.{k}": v.detach().clone() for k, v in module.state_dict().items()
-                        if "lora_" not in k})
-        return out
 
 
 def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | None = None,
