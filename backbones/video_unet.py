@@ -7,8 +7,6 @@ random tiny weights in tests and real checkpoints in training.
 """
 from __future__ import annotations
 
-import functools
-
 from typing import Any
 
 import torch
@@ -19,6 +17,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from backbones.ddpm import DDPMProcess
 from backbones.lora import PeftLora
 
 # Diffusers' attention projections; LoRA there is what VADER and the diffusers trainers adapt.
@@ -64,7 +63,7 @@ def _checkpointed(forward):
     return run
 
 
-class VideoUNetBackbone(PeftLora):
+class VideoUNetBackbone(DDPMProcess, PeftLora):
     """Prompts -> CLIP embeddings -> video UNet denoiser -> VAE decode, frame by frame."""
 
     lora_prefix = "unet"  # LoRA keys, as diffusers' load_lora_weights reads them (backbones/lora.py)
@@ -242,33 +241,6 @@ class VideoUNetBackbone(PeftLora):
             parts.append(posterior.mean if generator is None else posterior.sample(generator))
         z = torch.cat(parts).float() * self.vae.config.scaling_factor
         return z.reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
-
-    @functools.cached_property
-    def _alphas_cumprod(self) -> torch.Tensor:
-        # The training schedule is fixed at construction; building a scheduler per batch is not.
-        return self.make_scheduler().alphas_cumprod
-
-    def _alphas(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        alphas = self._alphas_cumprod.to(like.device)[t.to(like.device).long()]
-        return alphas.float().reshape(-1, *([1] * (like.ndim - 1)))
-
-    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The forward (DDPM) process the denoiser was trained on, whatever the sampler:
-        sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε, with one timestep per video in `t`."""
-        alpha = self._alphas(t, latents)
-        return alpha ** 0.5 * latents + (1 - alpha) ** 0.5 * noise
-
-    def training_target(self, latents: torch.Tensor, noise: torch.Tensor,
-                        t: torch.Tensor) -> torch.Tensor:
-        """What `predict` should return for `add_noise(latents, noise, t)`: the noise ε
-        (epsilon prediction) or the velocity sqrt(ᾱ) ε − sqrt(1 − ᾱ) x0 (v prediction)."""
-        if self.prediction_type == "epsilon":
-            return noise
-        if self.prediction_type == "v_prediction":
-            alpha = self._alphas(t, latents)
-            return alpha ** 0.5 * noise - (1 - alpha) ** 0.5 * latents
-        raise ValueError(f"backbone {self.name!r}: no training target for prediction_type="
-                         f"{self.prediction_type!r} (epsilon and v_prediction are supported)")
 
     def make_scheduler(self) -> Any:
         return self.scheduler_cls.from_config(self.scheduler_config)

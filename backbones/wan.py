@@ -5,10 +5,11 @@ time, 8x in space, latents normalised by its per-channel mean and std), a UMT5 e
 embeddings past each prompt's length are zeroed, and a flow-matching scheduler with shift.
 
 Latents are (B, 16, (F − 1)/4 + 1, H/8, W/8): a video of F = 4k + 1 frames. Windows, keyframe
-intervals and `backprop` count latent frames, like every backbone's; frame choices of a reward
-are taken after decoding the whole latent video (exact: the VAE is causal, so a frame depends
-on the latent frames up to its own, and decoding all of them gives every frame as WanPipeline
-does).
+intervals and `backprop` count latent frames, like every backbone's. Latent frame 0 decodes to
+video frame 0 and latent frame k >= 1 to frames 4k − 3 .. 4k; the VAE is causal (each latent
+frame is decoded with a cache of the ones before it, never the ones after), so the frames a reward
+asks for are decoded from the latent prefix that reaches the last of them, and equal the same
+frames of a whole decode (tests/test_wan.py checks it).
 
 Flow matching: x_t = (1 − σ) x0 + σ ε with σ = t / 1000, and the network predicts v = ε − x0
 (`prediction_type = "flow"`); the scheduler's step is x_{t−1} = x_t + (σ_next − σ) v.
@@ -22,25 +23,15 @@ from typing import Any
 import torch
 from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
                        UniPCMultistepScheduler, WanTransformer3DModel)
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from backbones.loading import (check_sources, load_part, load_scheduler_config, parse_dtype, part_source,
                                text_vae_sources)
-from backbones.lora import PeftLora
-
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
+from backbones.dit import TransformerBackbone, check_frames_count
 # flow_euler: FlowMatchEulerDiscreteScheduler (the one step the stochastic sampler's flow SDE
 # generalises); unipc: UniPCMultistepScheduler with flow sigmas, WanPipeline's shipped default.
 SCHEDULERS = ("flow_euler", "unipc")
-
-
-def check_frames_count(num_frames: int, temporal: int) -> None:
-    if num_frames < 1 or (num_frames - 1) % temporal:
-        k = max(1, round((num_frames - 1) / temporal))
-        raise ValueError(f"num_frames={num_frames}: this VAE compresses time by {temporal}, so a "
-                         f"video has {temporal}k + 1 frames (e.g. num_frames={temporal * k + 1})")
 
 
 def clean_prompt(text: str) -> str:
@@ -49,17 +40,18 @@ def clean_prompt(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(html.unescape(text))).strip()
 
 
-class WanBackbone(PeftLora):
+class WanBackbone(TransformerBackbone):
     """Prompts -> UMT5 embeddings -> Wan transformer (flow velocity) -> causal 3D VAE."""
 
     prediction_type = "flow"
-    lora_prefix = "transformer"  # LoRA keys, as WanPipeline.load_lora_weights reads them
 
     def __init__(self, name: str, transformer: nn.Module, vae: AutoencoderKLWan, text_encoder: nn.Module,
                  tokenizer: Any, scheduler_config: dict[str, Any], scheduler: str = "flow_euler",
                  shift: float | None = None, max_sequence_length: int = 512, lora_rank: int = 16,
                  lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
-                 lora_dropout: float = 0.0, gradient_checkpointing: bool = True) -> None:
+                 lora_dropout: float = 0.0, gradient_checkpointing: bool = True,
+                 checkpoint_blocks: bool = False, text_encoder_offload: bool = True,
+                 prompt_cache_size: int = 256) -> None:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"backbone.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
         self.name, self.scheduler = name, scheduler
@@ -75,19 +67,8 @@ class WanBackbone(PeftLora):
             config.update(shift=shift)
         self.scheduler_config = config
         self.max_sequence_length = max_sequence_length
-        self.gradient_checkpointing = gradient_checkpointing
-        self.weight_dtype = next(transformer.parameters()).dtype
-        for module in (transformer, vae, text_encoder):
-            module.requires_grad_(False)
-            module.eval()
-        self.lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank,
-                                      init_lora_weights="gaussian", lora_dropout=lora_dropout,
-                                      target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
-        inject_adapter_in_model(self.lora_config, self.transformer)
-        self.transformer.eval()
-        for p in self.transformer.parameters():
-            if p.requires_grad:  # LoRA in float32 whatever the frozen weights' dtype
-                p.data = p.data.float()
+        self._setup(lora_rank, lora_alpha, lora_target_modules, lora_dropout, gradient_checkpointing,
+                    checkpoint_blocks, text_encoder_offload, prompt_cache_size)
         cfg = vae.config
         self.temporal, self.spatial = cfg.scale_factor_temporal, cfg.scale_factor_spatial
         self.latents_mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1)
@@ -101,33 +82,20 @@ class WanBackbone(PeftLora):
             raise ValueError(f"backbone {self.name!r} cannot make {height}x{width} videos: height "
                              f"and width must be positive multiples of {m}")
 
-    def latent_frames(self, num_frames: int) -> int:
-        return (num_frames - 1) // self.temporal + 1
-
     def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         self.check_video(num_frames, height, width)
         return (batch, self.transformer.config.in_channels, self.latent_frames(num_frames),
                 height // self.spatial, width // self.spatial)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    def to(self, device: torch.device | str) -> "WanBackbone":
-        for module in (self.transformer, self.vae, self.text_encoder):
-            module.to(device)
-        return self
-
     # --- model calls -----------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+    def _encode_text(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         """UMT5 embeddings padded to `max_sequence_length`, zero past each prompt's tokens, as
         WanPipeline makes them."""
         ids = self.tokenizer([clean_prompt(p) for p in prompts], padding="max_length",
                              max_length=self.max_sequence_length, truncation=True,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-        mask = ids.attention_mask.to(self.device)
-        out = self.text_encoder(ids.input_ids.to(self.device), mask).last_hidden_state
+        mask = ids.attention_mask.to(device)
+        out = self.text_encoder(ids.input_ids.to(device), mask).last_hidden_state
         return out * mask.unsqueeze(-1).to(out.dtype)
 
     def predict(self, model: nn.Module, latents: torch.Tensor, t: torch.Tensor,
@@ -139,9 +107,11 @@ class WanBackbone(PeftLora):
         return out.to(latents.dtype)
 
     def decode(self, latents: torch.Tensor, frame_index: torch.Tensor | None = None) -> torch.Tensor:
-        """Frames (B, F, 3, H, W) in [0, 1]: the whole latent video decoded (the causal VAE's
-        frames depend on every latent frame before them), then the frames asked for."""
+        """Frames (B, F, 3, H, W) in [0, 1]; with `frame_index`, only the latent prefix reaching
+        the last frame asked for is decoded (exact for the causal VAE), then those frames."""
         z = latents.to(self.vae.dtype)
+        if frame_index is not None:  # video frame f needs latent frames 0 .. ceil(f / 4)
+            z = z[:, :, :(int(frame_index.max()) + self.temporal - 1) // self.temporal + 1]
         z = z * self.latents_std.to(z) + self.latents_mean.to(z)
         if self.gradient_checkpointing and z.requires_grad:
             video = checkpoint(self._decode, z, use_reentrant=False)
@@ -178,10 +148,6 @@ class WanBackbone(PeftLora):
             return UniPCMultistepScheduler.from_config(self.scheduler_config)
         return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
 
-    # --- LoRA ------------------------------------------------------------------------------
-    def trainable_module(self) -> nn.Module:
-        return self.transformer
-
 
 def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | None = None,
         transformer: str | None = None, vae: str | None = None, text_encoder: str | None = None,
@@ -189,7 +155,8 @@ def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | No
         scheduler: str = "flow_euler", shift: float | None = None, max_sequence_length: int = 512,
         lora_rank: int = 16, lora_alpha: float | None = None,
         lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-        gradient_checkpointing: bool = True) -> WanBackbone:
+        gradient_checkpointing: bool = True, checkpoint_blocks: bool = False,
+        text_encoder_offload: bool = True, prompt_cache_size: int = 256) -> WanBackbone:
     """Wan from a hub id or a local folder in the diffusers layout (transformer/, vae/,
     text_encoder/, tokenizer/, scheduler/); each part can come from its own folder instead."""
     from transformers import AutoTokenizer, UMT5EncoderModel
@@ -209,4 +176,5 @@ def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | No
         scheduler_config=load_scheduler_config(sources["scheduler"]), scheduler=scheduler,
         shift=shift, max_sequence_length=max_sequence_length, lora_rank=lora_rank,
         lora_alpha=lora_alpha, lora_target_modules=lora_target_modules, lora_dropout=lora_dropout,
-        gradient_checkpointing=gradient_checkpointing)
+        gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
+        text_encoder_offload=text_encoder_offload, prompt_cache_size=prompt_cache_size)

@@ -95,7 +95,9 @@ class DDIMStep:
         if self.clip is not None:
             x0 = x0.clamp(-self.clip, self.clip)
         std = _per_video(self.std(t), x)
-        mean = alpha_prev ** 0.5 * x0 + (1 - alpha_prev - std ** 2) ** 0.5 * eps
+        # Clamped: with zero terminal SNR (CogVideoX) the first step's std² equals 1 − ᾱ_prev at
+        # eta = 1, and rounding can take the difference below 0 (a NaN under the root).
+        mean = alpha_prev ** 0.5 * x0 + (1 - alpha_prev - std ** 2).clamp(min=0) ** 0.5 * eps
         return mean, std
 
 

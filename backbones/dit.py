@@ -1,0 +1,127 @@
+"""What the diffusion-transformer backbones (Wan, CogVideoX) share: LoRA on the transformer's
+attention projections, the frozen parts, per-block gradient checkpointing, and a large T5 text
+encoder that runs once per prompt and holds no accelerator memory during a training step.
+
+Text encoders: umT5-XXL (Wan) and T5-XXL (CogVideoX) are 5.7 B and 4.8 B parameters, more than
+the 1.3 B / 2 B transformers they condition. Embeddings are kept per prompt in an LRU cache on the
+CPU (`prompt_cache_size` prompts), so a prompt is encoded once however often it is sampled, and
+with `text_encoder_offload` the encoder lives on the CPU and visits the accelerator only to encode
+prompts the cache does not hold (as diffusers' model CPU offload moves whole models), so a training
+step never has its weights on the GPU.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from backbones.lora import PeftLora
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
+
+
+def check_frames_count(num_frames: int, temporal: int) -> None:
+    if num_frames < 1 or (num_frames - 1) % temporal:
+        k = max(1, round((num_frames - 1) / temporal))
+        raise ValueError(f"num_frames={num_frames}: this VAE compresses time by {temporal}, so a "
+                         f"video has {temporal}k + 1 frames (e.g. num_frames={temporal * k + 1})")
+
+
+class TransformerBackbone(PeftLora):
+    """Set up by `_setup`; a subclass adds the model calls (`_encode_text`, `predict`, `decode`,
+    ...) and has `transformer`, `vae`, `text_encoder`, `tokenizer` and `temporal`."""
+
+    lora_prefix = "transformer"  # LoRA keys, as the diffusers pipelines' load_lora_weights read them
+    checkpoint_blocks = False
+
+    def _setup(self, lora_rank: int, lora_alpha: float | None, lora_target_modules: list[str] | None,
+               lora_dropout: float, gradient_checkpointing: bool, checkpoint_blocks: bool,
+               text_encoder_offload: bool, prompt_cache_size: int) -> None:
+        if prompt_cache_size < 0:
+            raise ValueError(f"backbone.prompt_cache_size={prompt_cache_size}: use 0 (no cache) or more")
+        self.gradient_checkpointing = gradient_checkpointing
+        self.weight_dtype = next(self.transformer.parameters()).dtype
+        for module in (self.transformer, self.vae, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank,
+                                      init_lora_weights="gaussian", lora_dropout=lora_dropout,
+                                      target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
+        inject_adapter_in_model(self.lora_config, self.transformer)
+        self.transformer.eval()
+        for p in self.transformer.parameters():
+            if p.requires_grad:  # LoRA in float32 whatever the frozen weights' dtype
+                p.data = p.data.float()
+        if checkpoint_blocks:
+            # diffusers checkpoints each transformer block (non-reentrant) while gradients are on;
+            # the sampler then leaves whole steps unwrapped (`checkpoint_blocks` in the protocol).
+            self.transformer.enable_gradient_checkpointing()
+            self.checkpoint_blocks = gradient_checkpointing
+        self.text_encoder_offload = text_encoder_offload
+        self.prompt_cache_size = prompt_cache_size
+        self._prompts: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.text_encoder_calls = 0  # prompts encoded, for tests and the log
+
+    # --- devices ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    def to(self, device: torch.device | str) -> "TransformerBackbone":
+        self.transformer.to(device)
+        self.vae.to(device)
+        if not self.text_encoder_offload:
+            self.text_encoder.to(device)
+        return self
+
+    @contextmanager
+    def _text_encoder_on(self, device: torch.device) -> Iterator[None]:
+        home = next(self.text_encoder.parameters()).device
+        if not self.text_encoder_offload or home == device:
+            yield
+            return
+        self.text_encoder.to(device)
+        try:
+            yield
+        finally:
+            self.text_encoder.to(home)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # give the encoder's blocks back before the step
+
+    # --- text -------------------------------------------------------------------------------
+    def _encode_text(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        raise NotImplementedError  # each backbone tokenises and encodes as its pipeline does
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(B, L, D) embeddings, each prompt's taken from the cache or encoded once."""
+        device = self.device
+        if self.prompt_cache_size == 0:
+            self.text_encoder_calls += len(prompts)
+            with self._text_encoder_on(device):
+                return self._encode_text(list(prompts), device)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompts]
+        if missing:
+            self.text_encoder_calls += len(missing)
+            with self._text_encoder_on(device):
+                embeds = self._encode_text(missing, device)
+            for p, e in zip(missing, embeds):
+                self._prompts[p] = e.cpu()
+        for p in prompts:
+            self._prompts.move_to_end(p)
+        out = torch.stack([self._prompts[p] for p in prompts]).to(device)
+        while len(self._prompts) > self.prompt_cache_size:
+            self._prompts.popitem(last=False)
+        return out
+
+    # --- LoRA -------------------------------------------------------------------------------
+    def trainable_module(self) -> nn.Module:
+        return self.transformer
+
+    def latent_frames(self, num_frames: int) -> int:
+        return (num_frames - 1) // self.temporal + 1
+
