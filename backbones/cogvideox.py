@@ -75,7 +75,7 @@ class CogVideoXBackbone(DDPMProcess, TransformerBackbone):
                  text_encoder: nn.Module, tokenizer: Any, scheduler_config: dict[str, Any],
                  lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-                 gradient_checkpointing: bool = True, checkpoint_blocks: bool = False,
+                 gradient_checkpointing: bool = True, checkpoint_blocks: bool = True,
                  text_encoder_offload: bool = True, prompt_cache_size: int = 256) -> None:
         config = transformer.config
         if config.patch_size_t is not None:
@@ -178,7 +178,7 @@ def cogvideox(pretrained: str = "THUDM/CogVideoX-2b", revision: str | None = Non
               transformer_dtype: str = "bf16", vae_dtype: str = "bf16", text_encoder_dtype: str = "bf16",
               lora_rank: int = 16, lora_alpha: float | None = None,
               lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-              gradient_checkpointing: bool = True, checkpoint_blocks: bool = False,
+              gradient_checkpointing: bool = True, checkpoint_blocks: bool = True,
               text_encoder_offload: bool = True, prompt_cache_size: int = 256) -> CogVideoXBackbone:
     """CogVideoX from a hub id or a local folder in the diffusers layout (transformer/, vae/,
     text_encoder/, tokenizer/, scheduler/); each part can come from its own folder instead."""

@@ -56,11 +56,11 @@ class TransformerBackbone(PeftLora):
         for p in self.transformer.parameters():
             if p.requires_grad:  # LoRA in float32 whatever the frozen weights' dtype
                 p.data = p.data.float()
-        if checkpoint_blocks:
+        if checkpoint_blocks and gradient_checkpointing:
             # diffusers checkpoints each transformer block (non-reentrant) while gradients are on;
             # the sampler then leaves whole steps unwrapped (`checkpoint_blocks` in the protocol).
             self.transformer.enable_gradient_checkpointing()
-            self.checkpoint_blocks = gradient_checkpointing
+            self.checkpoint_blocks = True
         self.text_encoder_offload = text_encoder_offload
         self.prompt_cache_size = prompt_cache_size
         self._prompts: OrderedDict[str, torch.Tensor] = OrderedDict()

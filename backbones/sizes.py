@@ -1,5 +1,6 @@
 """Real-size models built from their published configs on the meta device: no download, no
-memory. Counts parameters per part so the docs and tests can compare them with published sizes.
+memory. Counts parameters per part so the docs and tests can compare them with published sizes:
+ModelScope, AnimateDiff (UNets) and Wan2.1-T2V-1.3B, CogVideoX-2B / -5B (diffusion transformers).
 
     python -m backbones.sizes          # prints the table
 """
@@ -9,10 +10,12 @@ import json
 from pathlib import Path
 
 from accelerate import init_empty_weights
-from diffusers import (AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel,
-                       UNetMotionModel)
+from diffusers import (AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLWan,
+                       CogVideoXTransformer3DModel, MotionAdapter, UNet2DConditionModel,
+                       UNet3DConditionModel, UNetMotionModel, WanTransformer3DModel)
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import (CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, UMT5Config,
+                          UMT5EncoderModel)
 
 CONFIGS = Path(__file__).parent / "configs"  # sources of every file: configs/SOURCES.md
 
@@ -21,9 +24,29 @@ def load_config(name: str) -> dict:
     return json.loads((CONFIGS / f"{name}.json").read_text())
 
 
-def _text_encoder(name: str) -> CLIPTextModel:
-    config = {k: v for k, v in load_config(name).items() if not k.startswith("_")}
-    return CLIPTextModel(CLIPTextConfig(**config))
+# transformers classes keep no _class_name in their config.json; ours name the model class.
+TEXT_ENCODERS = {"CLIPTextModel": (CLIPTextConfig, CLIPTextModel),
+                 "UMT5EncoderModel": (UMT5Config, UMT5EncoderModel),
+                 "T5EncoderModel": (T5Config, T5EncoderModel)}
+
+# The diffusion transformers: (transformer class, transformer config, VAE class, VAE config,
+# text-encoder config). CogVideoX-2B and -5B share the VAE architecture and the T5-XXL encoder; the
+# 5B's VAE config differs only in its latent scaling factor.
+DIT_CONFIGS = {
+    "wan": (WanTransformer3DModel, "wan2.1_t2v_1.3b_transformer", AutoencoderKLWan, "wan2.1_vae",
+            "wan2.1_text_encoder"),
+    "cogvideox_2b": (CogVideoXTransformer3DModel, "cogvideox_2b_transformer", AutoencoderKLCogVideoX,
+                     "cogvideox_2b_vae", "cogvideox_text_encoder"),
+    "cogvideox_5b": (CogVideoXTransformer3DModel, "cogvideox_5b_transformer", AutoencoderKLCogVideoX,
+                     "cogvideox_5b_vae", "cogvideox_text_encoder"),
+}
+BACKBONES = ("modelscope", "animatediff", "animatediff_lightning", *DIT_CONFIGS)
+
+
+def _text_encoder(name: str) -> nn.Module:
+    config = load_config(name)
+    config_class, model_class = TEXT_ENCODERS[config["_class_name"]]
+    return model_class(config_class(**{k: v for k, v in config.items() if not k.startswith("_")}))
 
 
 def real_size_parts(backbone: str) -> dict[str, nn.Module]:
@@ -42,8 +65,12 @@ def real_size_parts(backbone: str) -> dict[str, nn.Module]:
                     "unet": UNetMotionModel.from_unet2d(image_unet, adapter),
                     "vae": AutoencoderKL.from_config(load_config("sd15_vae")),
                     "text_encoder": _text_encoder("sd15_text_encoder")}
-    raise ValueError(f"no real-size configs for backbone {backbone!r}; "
-                     "choose modelscope, animatediff or animatediff_lightning")
+        if backbone in DIT_CONFIGS:
+            transformer, transformer_config, vae, vae_config, text_encoder = DIT_CONFIGS[backbone]
+            return {"transformer": transformer.from_config(load_config(transformer_config)),
+                    "vae": vae.from_config(load_config(vae_config)),
+                    "text_encoder": _text_encoder(text_encoder)}
+    raise ValueError(f"no real-size configs for backbone {backbone!r}; choose one of {BACKBONES}")
 
 
 def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_rank: int = 16,
@@ -86,24 +113,35 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def lora_count(unet: nn.Module, rank: int = 16) -> int:
-    """Trainable LoRA parameters the default attention targets add to `unet` at `rank`."""
+def add_lora(model: nn.Module, rank: int = 16) -> nn.Module:
+    """`model` with LoRA of `rank` on the default attention targets, on the meta device. The
+    UNets and the diffusion transformers name their projections alike (to_q/to_k/to_v/to_out.0)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     from backbones.video_unet import DEFAULT_LORA_TARGETS
     with init_empty_weights():
-        inject_adapter_in_model(LoraConfig(r=rank, target_modules=list(DEFAULT_LORA_TARGETS)), unet)
+        return inject_adapter_in_model(LoraConfig(r=rank, target_modules=list(DEFAULT_LORA_TARGETS)), model)
+
+
+def lora_count(unet: nn.Module, rank: int = 16) -> int:
+    """Trainable LoRA parameters the default attention targets add to `unet` at `rank`."""
+    add_lora(unet, rank)
     return sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
 
 
+def denoiser(parts: dict[str, nn.Module]) -> nn.Module:
+    return parts["transformer"] if "transformer" in parts else parts["unet"]
+
+
 def main() -> None:
-    for backbone in ("modelscope", "animatediff"):
+    for backbone in ("modelscope", "animatediff", *DIT_CONFIGS):
         parts = real_size_parts(backbone)
-        total = sum(count(parts[k]) for k in ("unet", "vae", "text_encoder"))
+        # image_unet and motion_adapter are inside AnimateDiff's unet: counted once
+        total = sum(count(m) for name, m in parts.items() if name not in ("image_unet", "motion_adapter"))
         for name, module in parts.items():
             print(f"{backbone:12s} {name:15s} {count(module):>15,d}")
         print(f"{backbone:12s} {'total':15s} {total:>15,d}")
-        print(f"{backbone:12s} {'LoRA rank 16':15s} {lora_count(parts['unet']):>15,d}")
+        print(f"{backbone:12s} {'LoRA rank 16':15s} {lora_count(denoiser(parts)):>15,d}")
 
 
 if __name__ == "__main__":

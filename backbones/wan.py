@@ -50,7 +50,7 @@ class WanBackbone(TransformerBackbone):
                  shift: float | None = None, max_sequence_length: int = 512, lora_rank: int = 16,
                  lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
                  lora_dropout: float = 0.0, gradient_checkpointing: bool = True,
-                 checkpoint_blocks: bool = False, text_encoder_offload: bool = True,
+                 checkpoint_blocks: bool = True, text_encoder_offload: bool = True,
                  prompt_cache_size: int = 256) -> None:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"backbone.scheduler={scheduler!r}: choose one of {SCHEDULERS}")
@@ -155,7 +155,7 @@ def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | No
         scheduler: str = "flow_euler", shift: float | None = None, max_sequence_length: int = 512,
         lora_rank: int = 16, lora_alpha: float | None = None,
         lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-        gradient_checkpointing: bool = True, checkpoint_blocks: bool = False,
+        gradient_checkpointing: bool = True, checkpoint_blocks: bool = True,
         text_encoder_offload: bool = True, prompt_cache_size: int = 256) -> WanBackbone:
     """Wan from a hub id or a local folder in the diffusers layout (transformer/, vae/,
     text_encoder/, tokenizer/, scheduler/); each part can come from its own folder instead."""

@@ -87,8 +87,9 @@ class FusedAttention(torch.autograd.Function):
         return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
-def fused_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
-    return FusedAttention.apply(q, k, v)
+def fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+    # torch's argument names: diffusers' attention dispatcher passes them by keyword
+    return FusedAttention.apply(query, key, value)
 
 
 def estimate(backbone, frames: int, height: int, width: int, k: int, decoded: str,
