@@ -15,8 +15,12 @@ from vader.build import build_trainer
 from vader.config import check_targets
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# Other projects' runs on Wan2.1 and CogVideoX (VideoX-Fun's reward LoRAs, Flow-GRPO): their
+# headers cite their own sources, so VADER's numbers and reward are not asked of them.
+PEER_BACKBONES = ("wan", "cogvideox")
+PEERS = [n for n in EXPERIMENTS if n.startswith(tuple(f"{b}_" for b in PEER_BACKBONES))]
 # VADER's runs carried over; the staged recipes (SFT or DPO, then GRPO) are tested on their own.
-VADER_RECIPES = [n for n in EXPERIMENTS if not n.startswith("staged_")]
+VADER_RECIPES = [n for n in EXPERIMENTS if not n.startswith("staged_") and n not in PEERS]
 STAGED = [n for n in EXPERIMENTS if n.startswith("staged_")]
 VADER = json.loads((CONFIGS / "vader_recipes.json").read_text())
 
@@ -31,27 +35,31 @@ def named_rewards(name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reward_folders(tmp_path_factory) -> dict[str, str]:
-    """Tiny CLIP + aesthetic head and tiny HPS files (tests/tiny_clip.py, tiny_open_clip.py)."""
+    """Tiny CLIP + aesthetic head, tiny HPS files and PickScore's layout (the model alone, its
+    processor elsewhere) (tests/tiny_clip.py, tiny_open_clip.py)."""
     from tests import tiny_clip, tiny_open_clip
     root = tmp_path_factory.mktemp("recipe_rewards")
-    clip = tiny_clip.write_clip(root / "clip")
-    tiny_clip.write_aesthetic_head(clip / "head.pth")
+    clip = tiny_clip.reward_folders(root)
     arch = tiny_open_clip.write_arch(root / "arch")
     hps = tiny_open_clip.write_hps(root / "hps", tiny_open_clip.tiny_clip(arch)[0])
-    return {"clip": str(clip), "arch": arch, "hps": str(hps)}
+    return {**{k: str(v) for k, v in clip.items()}, "arch": arch, "hps": str(hps)}
 
 
 def reward_overrides(cfg, folders: dict[str, str]) -> list[str]:
-    """Point every learned part of a composite reward_fn at the tiny files (`++`: the parts
-    leave these keys to their defaults, so they are added)."""
+    """Point the reward_fn, or every learned part of a composite one, at the tiny files (`++`:
+    the parts leave these keys to their defaults, so they are added)."""
+    parts = cfg.reward_fn.get("parts")
+    rewards = {f"reward_fn.parts.{n}.reward": p.reward._target_ for n, p in parts.items()} \
+        if parts else {"reward_fn": cfg.reward_fn._target_}
     out = []
-    for name, part in (cfg.reward_fn.get("parts") or {}).items():
-        key, target = f"reward_fn.parts.{name}.reward", part.reward._target_
+    for key, target in rewards.items():
         if target.endswith("Aesthetic"):
             out += [f"++{key}.pretrained={folders['clip']}", f"++{key}.head_repo={folders['clip']}",
                     f"++{key}.head_file=head.pth"]
         elif target.endswith("HPS"):
             out += [f"++{key}.pretrained={folders['hps']}", f"++{key}.model_name={folders['arch']}"]
+        elif target.endswith("PickScore"):
+            out += [f"++{key}.pretrained={folders['bare']}", f"++{key}.processor={folders['processor']}"]
     return out
 
 
@@ -123,6 +131,47 @@ def test_vader_modelscope_recipe_has_vaders_numbers():
     assert OmegaConf.select(cfg, "reward_fn.parts.aesthetic.reward.frames") == "random"  # decode_frame=-1
     assert cfg.lora_alpha / cfg.lora_rank == vader["lora"]["scale"]
     assert cfg.lora_dropout == vader["lora"]["dropout"]
+
+
+@pytest.fixture(scope="module")
+def peer_folders(tmp_path_factory):
+    from tests.tiny_cogvideox import write_cogvideox
+    from tests.tiny_wan import write_wan
+    root = tmp_path_factory.mktemp("recipe_dit")
+    return {"wan": write_wan(root / "wan"), "cogvideox": write_cogvideox(root / "cogvideox")}
+
+
+def peer_overrides(backbone: str, folder, cfg) -> list[str]:
+    """The tiny Wan or CogVideoX (tests/tiny_wan.py, tiny_cogvideox.py) in float32, SIZES with their
+    frame rule (4k + 1, 8k + 1), and enough steps for the recipe's backprop_steps."""
+    steps = max(3, cfg.backprop_steps)
+    own = {"wan": ["backbone.max_sequence_length=16", "num_frames=5"],
+           "cogvideox": ["backbone.vae_dtype=fp32", "num_frames=9"]}[backbone]
+    return [f"backbone={backbone}", f"backbone.pretrained={folder}", "backbone.transformer_dtype=fp32",
+            "backbone.text_encoder_dtype=fp32", *own,
+            *(s for s in SIZES if not s.startswith(("num_frames=", "num_inference_steps="))),
+            f"num_inference_steps={steps}"]
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_peer_recipe_builds_on_the_tiny_backbone(name, peer_folders, reward_folders, tmp_path):
+    """A peer's run composes with every reward its header names, passes every check, and builds
+    on the tiny Wan or CogVideoX with its own LoRA (every target module exists) and reward."""
+    assert named_rewards(name), f"{name}.yaml names no reward_fn"
+    for reward in named_rewards(name):
+        check_targets(compose_experiment(name, f"reward_fn={reward}"))
+    cfg = compose_experiment(name)
+    check_targets(cfg)
+    backbone = name.split("_")[0]
+    small = compose_experiment(name, *peer_overrides(backbone, peer_folders[backbone], cfg),
+                               "mixed_precision=no", *reward_overrides(cfg, reward_folders))
+    trainer = build_trainer(small, str(tmp_path))
+    assert trainer.backbone.name == backbone
+    lora = trainer.backbone.lora_config
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout)
+    modules = [n for n, _ in trainer.backbone.trainable_module().named_modules()]
+    for target in cfg.lora_target_modules:
+        assert any(n == target or n.endswith(f".{target}") for n in modules), target
 
 
 def header_commands(name: str) -> list[list[str]]:
