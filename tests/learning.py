@@ -69,6 +69,17 @@ SETTINGS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], list[str]]] = 
                    "reward_fn._target_=tests.learning.BrightnessWithoutGradient"],
         ["num_inference_steps=4", "algorithm.timestep_fraction=1.0", "algorithm.groups_per_step=4",
          "algorithm.same_noise=true", "train_batch_size=8", "num_steps=15", "lr=3e-3"]),
+    # GRPO on the tiny Wan (tests/tiny_wan.py): flow matching, Flow-GRPO's SDE step at eta 0.7
+    # (its default noise level), 5 frames (2 latent frames) of 16x16. Colorfulness, not brightness:
+    # the random Wan VAE's output norm fixes each video's mean brightness (its std over random
+    # latents is 1e-4), while colorfulness varies (mean 0.0784, std 0.0010 over 64 random latents).
+    "grpo_wan": (
+        lambda f: ["algorithm=grpo", "reward_fn=colorfulness", "backbone=wan",
+                   f"backbone.pretrained={f['wan']}", "backbone.transformer_dtype=fp32",
+                   "backbone.text_encoder_dtype=fp32", "backbone.max_sequence_length=16"],
+        ["num_frames=5", "num_inference_steps=4", "algorithm.eta=0.7", "algorithm.timestep_fraction=1.0",
+         "algorithm.groups_per_step=4", "algorithm.same_noise=true", "train_batch_size=8",
+         "num_steps=30", "lr=3e-2"]),
     # The same, at 30 steps, on the shipped reward without gradients, JPEG compressibility:
     # measured, not asserted (on 16x16 frames of the random tiny model its spread is a few bytes).
     "grpo_compressibility": (
@@ -182,6 +193,9 @@ def reward_folders(root: Path, names: tuple[str, ...] = tuple(SETTINGS)) -> dict
         arch = tiny_open_clip.write_arch(root / "hps" / "tiny_clip")
         model, _ = tiny_open_clip.tiny_clip(arch, seed=0)
         folders.update(hps=tiny_open_clip.write_hps(root / "hps" / "HPSv2", model), hps_arch=arch)
+    if "grpo_wan" in names:
+        from tests.tiny_wan import write_wan
+        folders["wan"] = write_wan(root / "wan")
     writers = {"xclip": tvm.write_xclip, "actpred": tvm.write_videomae, "object": tvm.write_yolos}
     for name in set(writers) & set(names):
         folders[name] = writers[name](root / name)
