@@ -152,10 +152,10 @@ def test_a_saved_lora_loads_with_wan_pipeline_load_lora_weights(folder, tmp_path
     torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
 
 
-def test_the_flow_sde_step_is_euler_at_noise_level_0_and_a_gaussian_otherwise(backbone):
+def test_the_flow_sde_step_is_euler_at_noise_level_0_and_a_gaussian_otherwise(backbone, folder):
     """Flow-GRPO's step: eta = 0 gives FlowMatchEulerDiscreteScheduler.step's sample at every step;
     with eta > 0 the recorded log-probability is the Gaussian density averaged over dimensions."""
-    from vader.sampling.stochastic import FlowSDEStep, flow_sde_gaussian, log_prob
+    from vader.sampling.stochastic import FlowSDEStep, flow_sde_gaussian, log_prob, step_kernel
 
     scheduler = backbone.make_scheduler()
     scheduler.set_timesteps(4)
@@ -176,6 +176,11 @@ def test_the_flow_sde_step_is_euler_at_noise_level_0_and_a_gaussian_otherwise(ba
         x = expected
     with pytest.raises(ValueError, match="eta=0"):
         FlowSDEStep(scheduler, 0)
+    unipc = wan(str(folder), transformer_dtype="fp32", text_encoder_dtype="fp32", max_sequence_length=16,
+                scheduler="unipc").make_scheduler()
+    unipc.set_timesteps(4)
+    with pytest.raises(ValueError, match="not UniPCMultistepScheduler; set backbone.scheduler=flow_euler"):
+        step_kernel(unipc, 0.7)
 
 
 def test_grpo_on_wan_is_on_policy_and_trains(folder, make_trainer, tmp_path):

@@ -149,6 +149,10 @@ def step_kernel(scheduler: Any, eta: float) -> StepKernel:
 
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         return FlowSDEStep(scheduler, eta)
+    config = scheduler.config
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+        raise ValueError(f"the stochastic sampler's flow SDE step generalises the Euler step, not "
+                         f"{type(scheduler).__name__}; set backbone.scheduler=flow_euler")
     return DDIMStep(scheduler, eta)
 
 
