@@ -17,7 +17,9 @@ Flow matching: x_t = (1 − σ) x0 + σ ε with σ = t / 1000, and the network p
 from __future__ import annotations
 
 import html
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,8 +28,8 @@ from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from backbones.loading import (check_sources, load_part, load_scheduler_config, parse_dtype, part_source,
-                               text_vae_sources)
+from backbones.loading import (Source, check_sources, fetch_file, load_part, load_scheduler_config,
+                               parse_dtype, part_source, text_vae_sources)
 from backbones.dit import TransformerBackbone, check_frames_count
 # flow_euler: FlowMatchEulerDiscreteScheduler (the one step the stochastic sampler's flow SDE
 # generalises); unipc: UniPCMultistepScheduler with flow sigmas, WanPipeline's shipped default.
@@ -149,6 +151,22 @@ class WanBackbone(TransformerBackbone):
         return FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
 
 
+def check_one_transformer(pretrained: str, revision: str | None) -> None:
+    """Refuse Wan2.2's A14B checkpoints: they denoise with two transformers, one above the
+    pipeline's `boundary_ratio` and one below, and loading only `transformer/` would silently run
+    the high-noise one at every step. (A folder of parts without model_index.json passes.)"""
+    try:
+        path = fetch_file(Source("backbone.pretrained", pretrained, "model_index.json", None, revision,
+                                 weights=False))
+    except FileNotFoundError:
+        return
+    index = json.loads(Path(path).read_text())
+    if index.get("boundary_ratio") is not None or (index.get("transformer_2") or [None])[0]:
+        raise ValueError(f"backbone.pretrained={pretrained!r} is a two-transformer Wan2.2 model "
+                         f"(boundary_ratio {index.get('boundary_ratio')}); backbone=wan runs one "
+                         "transformer: Wan2.1 (1.3B, 14B) or Wan2.2-TI2V-5B")
+
+
 def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | None = None,
         transformer: str | None = None, vae: str | None = None, text_encoder: str | None = None,
         transformer_dtype: str = "bf16", vae_dtype: str = "fp32", text_encoder_dtype: str = "bf16",
@@ -165,6 +183,7 @@ def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | No
                                           "transformer", revision=revision),
                **text_vae_sources(pretrained, revision, vae, text_encoder)}  # the same folder names
     check_sources(list(sources.values()))  # every part reachable before any weight loads
+    check_one_transformer(pretrained, revision)
     return WanBackbone(
         name="wan",
         transformer=load_part(WanTransformer3DModel, sources["transformer"],

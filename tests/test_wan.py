@@ -50,6 +50,46 @@ def test_our_sampler_matches_wan_pipeline(folder, backbone, steps):
     torch.testing.assert_close(batched, ours, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("steps", [2, 5])
+def test_wan22_ti2v_runs_as_wan_pipeline_does(tmp_path_factory, steps):
+    """Wan2.2-TI2V-5B's kind (tests/tiny_wan.py, ti2v=True): its pipeline gives every latent token
+    its own timestep (`expand_timesteps`), all equal in text-to-video, which our one timestep per
+    video matches to 1e-5; its 16x VAE decodes the latent prefix exactly too."""
+    from diffusers import WanPipeline
+
+    folder = write_wan(tmp_path_factory.mktemp("wan22") / "wan22", ti2v=True)
+    ours = wan(str(folder), transformer_dtype="fp32", text_encoder_dtype="fp32", max_sequence_length=16)
+    assert ours.latent_shape(2, 9, 32, 32) == (2, 48, 3, 2, 2)
+    pipe = WanPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.config.expand_timesteps
+    noise = make_noise(ours.latent_shape(2, 9, 32, 32), [3, 4])
+    with torch.no_grad():
+        mine = sample(ours, ours.trainable_module(), PROMPTS, noise, num_inference_steps=steps,
+                      guidance_scale=6.0, batch_cfg=False)
+        theirs = pipe(PROMPTS, num_inference_steps=steps, guidance_scale=6.0, height=32, width=32, num_frames=9,
+                      latents=noise.clone(), max_sequence_length=16, output_type="latent").frames
+        whole = ours.decode(mine)
+        first = ours.decode(mine, torch.tensor([0, 4]))
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    assert whole.shape == (2, 9, 3, 32, 32)
+    torch.testing.assert_close(first, whole[:, [0, 4]], atol=0, rtol=0)
+
+
+def test_a_two_transformer_wan22_is_refused(folder, tmp_path):
+    """Wan2.2 A14B's layout (transformer_2 and boundary_ratio in model_index.json)."""
+    import json
+    import shutil
+
+    copy = tmp_path / "a14b"
+    shutil.copytree(folder, copy)
+    index = json.loads((copy / "model_index.json").read_text())
+    index.update(boundary_ratio=0.875, transformer_2=["diffusers", "WanTransformer3DModel"])
+    (copy / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="two-transformer Wan2.2 model .*Wan2.2-TI2V-5B"):
+        wan(str(copy), transformer_dtype="fp32", text_encoder_dtype="fp32")
+
+
 def test_frames_come_in_fours_plus_one(backbone):
     assert backbone.latent_shape(1, 13, 32, 16) == (1, 16, 4, 4, 2)
     with pytest.raises(ValueError, match="num_frames=8: .* 4k \\+ 1 frames \\(e.g. num_frames=9\\)"):

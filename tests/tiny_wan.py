@@ -24,19 +24,30 @@ def tiny_t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def write_wan(folder: Path, seed: int = 0, shift: float = 7.0) -> Path:
+def write_wan(folder: Path, seed: int = 0, shift: float = 7.0, ti2v: bool = False) -> Path:
+    """ti2v: Wan2.2-TI2V-5B's kind, as diffusers' Wan2.2 5B tests build it: a VAE compressing
+    16x in space (48 latent channels, patchified, residual) and per-token timesteps in the
+    pipeline (`expand_timesteps`)."""
     tokenizer = tiny_t5_tokenizer()
     torch.manual_seed(seed)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
+    if ti2v:
+        vae = AutoencoderKLWan(base_dim=3, z_dim=48, in_channels=12, out_channels=12, is_residual=True,
+                               patch_size=2, latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+                               dim_mult=[1, 1, 1, 1], num_res_blocks=1, scale_factor_spatial=16,
+                               scale_factor_temporal=4, temperal_downsample=[False, True, True])
+    else:
+        vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                               temperal_downsample=[False, True, True])
     torch.manual_seed(seed + 1)
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=32,
                                                num_layers=2, num_heads=4, relative_attention_num_buckets=8))
     torch.manual_seed(seed + 2)
+    z = vae.config.z_dim
     transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
-                                        in_channels=16, out_channels=16, text_dim=32, freq_dim=256,
+                                        in_channels=z, out_channels=z, text_dim=32, freq_dim=256,
                                         ffn_dim=32, num_layers=2, cross_attn_norm=True,
                                         qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
     WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift)).save_pretrained(folder)
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+                expand_timesteps=ti2v).save_pretrained(folder)
     return folder
