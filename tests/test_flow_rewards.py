@@ -317,6 +317,9 @@ def test_seam_scores_a_cut_between_unrelated_clips_far_below_continuous_footage(
     # Where vader.sampling.windows puts the windows: the last one ends at the last frame.
     assert seam_starts(16, 8, 0) == [8] and seam_starts(16, 10, 2) == [6, 10]
     assert seam_starts(48, 16, 4) == [12, 16, 24, 28, 32, 40] and seam_starts(8, 8, 2) == []
+    # A VAE with 4 frames per latent frame: 17 frames are 5 latent frames; windows of 3 overlapping
+    # by 1 meet at latent frames 2 and 3, that is the video pairs (4, 5) and (8, 9).
+    assert seam_starts(17, 3, 1, temporal=4) == [5, 9] and seam_starts(13, 4, 1, temporal=4) == []
     reward = Seam(window=8, overlap=0, flow="farneback")
     continuous, cut = clip_of(16), torch.cat([clip_of(8), carphone()], 1)   # cut at frame 8
     scores, info = reward(torch.cat([continuous, cut]), ["bikes", "bikes, then a car"])

@@ -274,3 +274,18 @@ def test_grpo_raises_the_held_out_colorfulness_of_the_tiny_wan(tmp_path):
     folders = reward_folders(tmp_path / "models", ("grpo_wan",))
     outcomes = [train("grpo_wan", folders, seed, tmp_path / f"seed{seed}") for seed in SEEDS]
     assert_learns(outcomes, min_mean_gain=0.0002)
+
+
+def test_a_long_wan_video_in_windows_trains_and_reports_its_seams(folder, make_trainer, tmp_path):
+    """17 frames are 5 latent frames, made in windows of 3 latent frames overlapping by 1: the
+    evaluation's seam column looks at the video pairs where those windows meet (rewards/seam.py,
+    `temporal` taken from the backbone)."""
+    trainer = make_trainer("backbone=wan", f"backbone.pretrained={folder}", "backbone.transformer_dtype=fp32",
+                           "backbone.text_encoder_dtype=fp32", "backbone.max_sequence_length=16",
+                           "num_frames=17", "guidance_scale=5", "backprop_steps=1", "long.window=3",
+                           "long.overlap=1", run_dir=tmp_path / "run")
+    trainer.setup()
+    seam = trainer.rewards["seam"]
+    assert seam.temporal == 4 and seam.seams(17) == [5, 9]
+    result = trainer.train()
+    assert 0 < result["summary"]["per_model"]["tuned"]["reward/seam"]["mean"] <= 1

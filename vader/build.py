@@ -50,6 +50,9 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     # The backbone checks that every model part can be had before loading any of them, and
     # comes before the reward so a wrong path fails before any reward model loads.
     backbone = build(cfg.backbone)
+    if "seam" in eval_cfgs and "temporal" not in ((cfg.eval_reward_args or {}).get("seam") or {}):
+        # windows count latent frames; the seam metric meets video frames (rewards/seam.py)
+        eval_cfgs["seam"].temporal = getattr(backbone, "temporal", 1)
     reward_name = reward_name or cfg.reward_fn._target_.split(".")[-2]
     eval_rewards = {name: build(node) for name, node in eval_cfgs.items() if name != reward_name}
     reward = build(cfg.reward_fn)
