@@ -133,33 +133,41 @@ def count_step(trainer) -> dict[str, int]:
     return counts
 
 
-def measure(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
-    trainer = build(args)
-    fns = timers(trainer, args)
-    timed = tuple(args.only or TIMED)
+def interleaved(fns: dict, timed: tuple[str, ...], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each of `fns[timed]`, after one warm-up call each, in `repeats` rounds that run
+    them back to back in a rotating order, so drift of the machine hits all alike."""
     for name in timed:  # warm-up: lazy inits, allocator pools, first-call kernel choices
         fns[name]()
     seconds: dict[str, list[float]] = {name: [] for name in timed}
-    for r in range(args.repeats):
+    for r in range(repeats):
         order = timed[r % len(timed):] + timed[:r % len(timed)]
         for name in order:
             start = time.perf_counter()
             fns[name]()
             seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def ratio(seconds: dict[str, list[float]], a: str, b: str) -> dict:
+    """a/b within each round: median, min and max."""
+    per_round = [x / y for x, y in zip(seconds[a], seconds[b])]
+    return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
+
+
+def measure(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    trainer = build(args)
+    fns = timers(trainer, args)
+    seconds = interleaved(fns, tuple(args.only or TIMED), args.repeats)
     lora = sum(p.numel() for p in trainer.params)
     return {"seconds": seconds, "lora_parameters": lora, "per_step": count_step(trainer)}
 
 
 def summarise(seconds: dict[str, list[float]]) -> dict:
-    def ratio(a: str, b: str) -> dict:
-        per_round = [x / y for x, y in zip(seconds[a], seconds[b])]
-        return {"median": statistics.median(per_round), "min": min(per_round), "max": max(per_round)}
-
     pairs = [(a, b) for a, b in (("train", "ours"), ("ours", "diffusers"), ("train", "diffusers"))
              if a in seconds and b in seconds]
     return {"median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
-            **{f"{a}/{b}": ratio(a, b) for a, b in pairs}}
+            **{f"{a}/{b}": ratio(seconds, a, b) for a, b in pairs}}
 
 
 def main() -> None:

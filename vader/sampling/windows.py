@@ -61,7 +61,7 @@ class Windows:
         """(start, end) of every window over `length` latent frames, in order."""
         if length < self.window:
             raise ValueError(f"a video of {length} latent frames is shorter than one window "
-                             f"({self.window}); lower long.window or raise long.num_frames")
+                             f"({self.window}); lower long.window or raise num_frames")
         starts = list(range(0, length - self.window + 1, self.stride))
         if starts[-1] + self.window < length:
             starts.append(length - self.window)
