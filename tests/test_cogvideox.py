@@ -167,9 +167,15 @@ def test_a_saved_lora_loads_with_cogvideox_pipeline_load_lora_weights(folders, t
 
 
 def test_a_missing_hub_model_stops_at_once_naming_the_key(monkeypatch):
+    """Offline and not in the cache: refused before any weight loads, within seconds, naming the
+    key and the download command."""
+    import time
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match="backbone.pretrained.*huggingface-cli download THUDM/CogVideoX-2b"):
         cogvideox("THUDM/CogVideoX-2b")
+    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("algorithm", ["reward_grad", "sft", "dpo", "grpo"])

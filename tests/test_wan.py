@@ -135,9 +135,15 @@ def test_only_lora_trains_and_its_gradient_arrives_and_round_trips(backbone, fol
 
 
 def test_a_missing_hub_model_stops_at_once_naming_the_key(monkeypatch):
+    """Offline and not in the cache: refused before any weight loads, within seconds, naming the
+    key and the download command."""
+    import time
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(FileNotFoundError, match="backbone.pretrained"):
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="backbone.pretrained.*huggingface-cli download Wan-AI/Wan2.1-T2V-1.3B-Diffusers"):
         wan("Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("algorithm", ["reward_grad", "sft", "dpo"])
