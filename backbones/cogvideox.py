@@ -23,8 +23,9 @@ taking three when the count is odd; an even count comes out as two frames per la
 prefix of the latents that holds the first chunk and has the same parity as the whole has the
 same chunk boundaries, so its frames equal the same frames of a whole decode (exact; any other
 prefix is not: up to 0.8 apart on the tiny build). `decode` with `frame_index` therefore decodes
-the shortest odd prefix of at least three latent frames reaching the last frame asked for (latent frame 0 is video frame 0; latent frame k >= 1 is frames 4k − 3 ..
-4k), then picks the frames (tests/test_cogvideox.py checks both).
+the shortest odd prefix of at least three latent frames reaching the last frame asked for
+(latent frame 0 is video frame 0; latent frame k >= 1 is frames 4k − 3 .. 4k), then picks the
+frames (tests/test_cogvideox.py checks both).
 """
 from __future__ import annotations
 
@@ -39,9 +40,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from backbones.ddpm import DDPMProcess
-from backbones.dit import TransformerBackbone, check_frames_count
-from backbones.loading import (check_sources, load_part, load_scheduler_config, parse_dtype, part_source,
-                               text_vae_sources)
+from backbones.dit import TransformerBackbone, check_frames_count, load_parts
 
 
 class ZeroSNRDDIMScheduler(DDIMScheduler):
@@ -182,21 +181,14 @@ def cogvideox(pretrained: str = "THUDM/CogVideoX-2b", revision: str | None = Non
               text_encoder_offload: bool = True, prompt_cache_size: int = 256) -> CogVideoXBackbone:
     """CogVideoX from a hub id or a local folder in the diffusers layout (transformer/, vae/,
     text_encoder/, tokenizer/, scheduler/); each part can come from its own folder instead."""
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import T5EncoderModel
 
-    sources = {"transformer": part_source("backbone.transformer", transformer, pretrained,
-                                          "transformer", revision=revision),
-               **text_vae_sources(pretrained, revision, vae, text_encoder)}
-    check_sources(list(sources.values()))  # every part reachable before any weight loads
+    parts = load_parts(pretrained, revision, {"transformer": transformer, "vae": vae, "text_encoder": text_encoder},
+                       {"transformer": CogVideoXTransformer3DModel, "vae": AutoencoderKLCogVideoX,
+                        "text_encoder": T5EncoderModel},
+                       {"transformer": transformer_dtype, "vae": vae_dtype, "text_encoder": text_encoder_dtype})
     return CogVideoXBackbone(
-        name="cogvideox",
-        transformer=load_part(CogVideoXTransformer3DModel, sources["transformer"],
-                              parse_dtype(transformer_dtype, "backbone.transformer_dtype")),
-        vae=load_part(AutoencoderKLCogVideoX, sources["vae"], parse_dtype(vae_dtype, "backbone.vae_dtype")),
-        text_encoder=load_part(T5EncoderModel, sources["text_encoder"],
-                               parse_dtype(text_encoder_dtype, "backbone.text_encoder_dtype")),
-        tokenizer=load_part(AutoTokenizer, sources["tokenizer"]),
-        scheduler_config=load_scheduler_config(sources["scheduler"]), lora_rank=lora_rank,
-        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules, lora_dropout=lora_dropout,
+        name="cogvideox", **parts, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_target_modules=lora_target_modules, lora_dropout=lora_dropout,
         gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
         text_encoder_offload=text_encoder_offload, prompt_cache_size=prompt_cache_size)

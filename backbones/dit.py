@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from backbones.loading import (check_sources, load_part, load_scheduler_config, parse_dtype, part_source,
+                               text_vae_sources)
 from backbones.lora import PeftLora
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
@@ -125,3 +127,24 @@ class TransformerBackbone(PeftLora):
     def latent_frames(self, num_frames: int) -> int:
         return (num_frames - 1) // self.temporal + 1
 
+
+
+def load_parts(pretrained: str, revision: str | None, folders: dict[str, str | None],
+               classes: dict[str, Any], dtypes: dict[str, str],
+               check: Callable[[str, str | None], None] | None = None) -> dict[str, Any]:
+    """Transformer, VAE, text encoder, tokenizer and scheduler config from a hub id or a folder in
+    the diffusers layout (transformer/, vae/, text_encoder/, tokenizer/, scheduler/), each of the
+    first three from its own folder when `folders` names one. Every part is checked reachable
+    before any weight loads; `check` then looks at the whole checkpoint (e.g. its model_index)."""
+    from transformers import AutoTokenizer
+
+    sources = {"transformer": part_source("backbone.transformer", folders["transformer"], pretrained,
+                                          "transformer", revision=revision),
+               **text_vae_sources(pretrained, revision, folders["vae"], folders["text_encoder"])}
+    check_sources(list(sources.values()))
+    if check is not None:
+        check(pretrained, revision)
+    parts = {name: load_part(classes[name], sources[name], parse_dtype(dtypes[name], f"backbone.{name}_dtype"))
+             for name in ("transformer", "vae", "text_encoder")}
+    return {**parts, "tokenizer": load_part(AutoTokenizer, sources["tokenizer"]),
+            "scheduler_config": load_scheduler_config(sources["scheduler"])}

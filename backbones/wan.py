@@ -28,9 +28,8 @@ from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from backbones.loading import (Source, check_sources, fetch_file, load_part, load_scheduler_config,
-                               parse_dtype, part_source, text_vae_sources)
-from backbones.dit import TransformerBackbone, check_frames_count
+from backbones.loading import Source, fetch_file
+from backbones.dit import TransformerBackbone, check_frames_count, load_parts
 # flow_euler: FlowMatchEulerDiscreteScheduler (the one step the stochastic sampler's flow SDE
 # generalises); unipc: UniPCMultistepScheduler with flow sigmas, WanPipeline's shipped default.
 SCHEDULERS = ("flow_euler", "unipc")
@@ -177,23 +176,16 @@ def wan(pretrained: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", revision: str | No
         text_encoder_offload: bool = True, prompt_cache_size: int = 256) -> WanBackbone:
     """Wan from a hub id or a local folder in the diffusers layout (transformer/, vae/,
     text_encoder/, tokenizer/, scheduler/); each part can come from its own folder instead."""
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers import UMT5EncoderModel
 
-    sources = {"transformer": part_source("backbone.transformer", transformer, pretrained,
-                                          "transformer", revision=revision),
-               **text_vae_sources(pretrained, revision, vae, text_encoder)}  # the same folder names
-    check_sources(list(sources.values()))  # every part reachable before any weight loads
-    check_one_transformer(pretrained, revision)
+    parts = load_parts(pretrained, revision, {"transformer": transformer, "vae": vae, "text_encoder": text_encoder},
+                       {"transformer": WanTransformer3DModel, "vae": AutoencoderKLWan,
+                        "text_encoder": UMT5EncoderModel},
+                       {"transformer": transformer_dtype, "vae": vae_dtype, "text_encoder": text_encoder_dtype},
+                       check=check_one_transformer)
     return WanBackbone(
-        name="wan",
-        transformer=load_part(WanTransformer3DModel, sources["transformer"],
-                              parse_dtype(transformer_dtype, "backbone.transformer_dtype")),
-        vae=load_part(AutoencoderKLWan, sources["vae"], parse_dtype(vae_dtype, "backbone.vae_dtype")),
-        text_encoder=load_part(UMT5EncoderModel, sources["text_encoder"],
-                               parse_dtype(text_encoder_dtype, "backbone.text_encoder_dtype")),
-        tokenizer=load_part(AutoTokenizer, sources["tokenizer"]),
-        scheduler_config=load_scheduler_config(sources["scheduler"]), scheduler=scheduler,
-        shift=shift, max_sequence_length=max_sequence_length, lora_rank=lora_rank,
-        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules, lora_dropout=lora_dropout,
-        gradient_checkpointing=gradient_checkpointing, checkpoint_blocks=checkpoint_blocks,
-        text_encoder_offload=text_encoder_offload, prompt_cache_size=prompt_cache_size)
+        name="wan", **parts, scheduler=scheduler, shift=shift, max_sequence_length=max_sequence_length,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing,
+        checkpoint_blocks=checkpoint_blocks, text_encoder_offload=text_encoder_offload,
+        prompt_cache_size=prompt_cache_size)

@@ -1,7 +1,9 @@
 """What the transformer backbones share (backbones/dit.py), on the tiny Wan and CogVideoX builds:
-the prompt cache runs the text encoder once per prompt and gives the same embeddings, the offloaded
-encoder stays off the transformer's device, per-block checkpointing gives the same gradients as
-none, and Wan decodes the frames a reward asks for from the latent prefix, exactly."""
+the LoRA contract (only LoRA trains, its gradient arrives, save/load round trip, diffusers'
+`load_lora_weights` makes our video), the offline error, the prompt cache (the text encoder runs
+once per prompt, same embeddings), the offloaded encoder staying off the transformer's device,
+per-block checkpointing giving the same gradients, and Wan decoding the frames a reward asks for
+from the latent prefix, exactly."""
 from __future__ import annotations
 
 import pytest
@@ -16,6 +18,7 @@ from vader.sampling.differentiable import make_noise, sample
 PROMPTS = ["a red circle moves left", "a blue square on a black background"]
 F32 = dict(transformer_dtype="fp32", text_encoder_dtype="fp32")
 FRAMES = {"wan": 5, "cogvideox": 9}
+HUB = {"wan": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "cogvideox": "THUDM/CogVideoX-2b"}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +31,87 @@ def build(name: str, folders, **kwargs):
     if name == "wan":
         return wan(str(folders["wan"]), **F32, max_sequence_length=16, **kwargs)
     return cogvideox(str(folders["cogvideox"]), **F32, vae_dtype="fp32", **kwargs)
+
+
+def pipeline(name: str, folders):
+    from diffusers import CogVideoXPipeline, WanPipeline
+
+    pipe = {"wan": WanPipeline, "cogvideox": CogVideoXPipeline}[name].from_pretrained(folders[name])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def pipeline_latents(name: str, pipe, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+    """The pipeline's latents for our noise, in our layout (CogVideoX's pipeline: (B, T, C, h, w))."""
+    cog = name == "cogvideox"
+    out = pipe(PROMPTS[:len(noise)], num_inference_steps=steps, guidance_scale=guidance, height=16, width=16,
+               num_frames=FRAMES[name], latents=noise.permute(0, 2, 1, 3, 4).clone() if cog else noise.clone(),
+               max_sequence_length=16, output_type="latent").frames
+    return out.permute(0, 2, 1, 3, 4) if cog else out
+
+
+def set_lora(model, std: float, seed: int, names: str = "lora_B") -> None:
+    with torch.no_grad():
+        for i, (n, p) in enumerate(model.named_parameters()):
+            if names in n:
+                p.normal_(0, std, generator=torch.Generator().manual_seed(seed + i))
+
+
+@pytest.mark.parametrize("name", ["wan", "cogvideox"])
+def test_only_lora_trains_and_its_gradient_arrives_and_round_trips(folders, name):
+    backbone = build(name, folders)
+    model = backbone.trainable_module()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    set_lora(model, 0.05, 0)
+    noise = make_noise(backbone.latent_shape(1, FRAMES[name], 16, 16), [1])
+    latents = sample(backbone, model, PROMPTS[:1], noise, num_inference_steps=3, guidance_scale=6.0, cutoff=2)
+    backbone.decode(latents).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().max() > 0) for g in grads) > 0.9 * len(grads)
+    state = backbone.lora_state_dict()
+    assert all(k.startswith("transformer.") for k in state)
+    fresh = build(name, folders)
+    fresh.load_lora_state_dict(state)
+    with torch.no_grad():
+        a = sample(backbone, model, PROMPTS[:1], noise, num_inference_steps=2, guidance_scale=6.0)
+        b = sample(fresh, fresh.trainable_module(), PROMPTS[:1], noise, num_inference_steps=2, guidance_scale=6.0)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["wan", "cogvideox"])
+def test_a_saved_lora_loads_with_the_pipelines_load_lora_weights(folders, tmp_path, name):
+    """Our checkpoint's LoRA file (rank 4, alpha 8: the scale must travel in the file) loads with
+    diffusers' own WanPipeline / CogVideoXPipeline.load_lora_weights, and the pipeline then makes
+    our video."""
+    from vader.loop import checkpoint as ckpt
+
+    ours = build(name, folders, lora_rank=4, lora_alpha=8)
+    set_lora(ours.trainable_module(), 0.1, 2)
+    saved = ckpt.save_checkpoint(tmp_path / "checkpoints", 1, ours.lora_state_dict(),
+                                 lora_metadata=ours.lora_metadata(), backbone=ours.name)
+    pipe = pipeline(name, folders)
+    noise = make_noise(ours.latent_shape(1, FRAMES[name], 16, 16), [9])
+    base = pipeline_latents(name, pipe, noise, 3, 5.0)
+    pipe.load_lora_weights(str(ckpt.resolve_lora_path(saved)))
+    with torch.no_grad():
+        mine = sample(ours, ours.trainable_module(), PROMPTS[:1], noise, num_inference_steps=3, guidance_scale=5.0)
+        theirs = pipeline_latents(name, pipe, noise, 3, 5.0)
+    assert (mine - base).abs().max() > 1e-3  # the LoRA changes the video
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["wan", "cogvideox"])
+def test_a_missing_hub_model_stops_at_once_naming_the_key(monkeypatch, name):
+    """Offline and not in the cache: refused before any weight loads, within seconds, naming the
+    key and the download command."""
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match=f"backbone.pretrained.*huggingface-cli download {HUB[name]}"):
+        {"wan": wan, "cogvideox": cogvideox}[name](HUB[name])
+    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("name", ["wan", "cogvideox"])
@@ -68,10 +152,7 @@ def test_checkpointing_blocks_gives_the_same_lora_gradients(folders, name):
         backbone = build(name, folders, checkpoint_blocks=blocks)
         assert backbone.checkpoint_blocks == blocks
         model = backbone.trainable_module()
-        with torch.no_grad():  # the same LoRA in both (peft draws lora_A from the global generator)
-            for i, (n, p) in enumerate(model.named_parameters()):
-                if "lora_" in n:
-                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(i))
+        set_lora(model, 0.05, 0, "lora_")  # the same LoRA in both (peft draws lora_A from the global generator)
         noise = make_noise(backbone.latent_shape(1, FRAMES[name], 16, 16), [1])
         latents = sample(backbone, model, PROMPTS[:1], noise, num_inference_steps=3, guidance_scale=5.0,
                          cutoff=1)
