@@ -98,15 +98,7 @@ class CogVideoXBackbone(DDPMProcess, TransformerBackbone):
             raise ValueError(f"num_frames={num_frames}: CogVideoX's VAE turns an even number of latent "
                              f"frames into two frames each, so videos have {2 * self.temporal}k + 1 "
                              f"frames (e.g. num_frames={num_frames + self.temporal}; 49 as released)")
-        m = self.spatial * self.transformer.config.patch_size
-        if height % m or width % m or height <= 0 or width <= 0:
-            raise ValueError(f"backbone {self.name!r} cannot make {height}x{width} videos: height "
-                             f"and width must be positive multiples of {m} (CogVideoX: 480x720)")
-
-    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
-        self.check_video(num_frames, height, width)
-        return (batch, self.transformer.config.in_channels, self.latent_frames(num_frames),
-                height // self.spatial, width // self.spatial)
+        self.check_size(height, width, self.transformer.config.patch_size, " (CogVideoX: 480x720)")
 
     # --- model calls -----------------------------------------------------------------------
     def _encode_text(self, prompts: list[str], device: torch.device) -> torch.Tensor:

@@ -34,8 +34,9 @@ def check_frames_count(num_frames: int, temporal: int) -> None:
 
 
 class TransformerBackbone(PeftLora):
-    """Set up by `_setup`; a subclass adds the model calls (`_encode_text`, `predict`, `decode`,
-    ...) and has `transformer`, `vae`, `text_encoder`, `tokenizer` and `temporal`."""
+    """Set up by `_setup`; a subclass adds the model calls (`check_video`, `_encode_text`,
+    `predict`, `decode`, ...) and has `transformer`, `vae`, `text_encoder`, `tokenizer`, `temporal`
+    and `spatial`."""
 
     lora_prefix = "transformer"  # LoRA keys, as the diffusers pipelines' load_lora_weights read them
     checkpoint_blocks = False
@@ -124,8 +125,21 @@ class TransformerBackbone(PeftLora):
     def trainable_module(self) -> nn.Module:
         return self.transformer
 
+    # --- sizes ------------------------------------------------------------------------------
     def latent_frames(self, num_frames: int) -> int:
         return (num_frames - 1) // self.temporal + 1
+
+    def check_size(self, height: int, width: int, patch: int, example: str = "") -> None:
+        """Height and width multiples of the VAE's spatial factor times the transformer's patch."""
+        m = self.spatial * patch
+        if height % m or width % m or height <= 0 or width <= 0:
+            raise ValueError(f"backbone {self.name!r} cannot make {height}x{width} videos: height "
+                             f"and width must be positive multiples of {m}{example}")
+
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        self.check_video(num_frames, height, width)
+        return (batch, self.transformer.config.in_channels, self.latent_frames(num_frames),
+                height // self.spatial, width // self.spatial)
 
 
 

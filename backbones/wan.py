@@ -78,15 +78,7 @@ class WanBackbone(TransformerBackbone):
     # --- sizes -----------------------------------------------------------------------------
     def check_video(self, num_frames: int, height: int, width: int) -> None:
         check_frames_count(num_frames, self.temporal)
-        m = self.spatial * self.transformer.config.patch_size[1]
-        if height % m or width % m or height <= 0 or width <= 0:
-            raise ValueError(f"backbone {self.name!r} cannot make {height}x{width} videos: height "
-                             f"and width must be positive multiples of {m}")
-
-    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
-        self.check_video(num_frames, height, width)
-        return (batch, self.transformer.config.in_channels, self.latent_frames(num_frames),
-                height // self.spatial, width // self.spatial)
+        self.check_size(height, width, self.transformer.config.patch_size[1])
 
     # --- model calls -----------------------------------------------------------------------
     def _encode_text(self, prompts: list[str], device: torch.device) -> torch.Tensor:
