@@ -57,9 +57,10 @@ class ZeroSNRDDIMScheduler(DDIMScheduler):
         return variance
 
 
-def shifted_ddim(config: dict[str, Any]) -> DDIMScheduler:
-    """DDIMScheduler on CogVideoX's noise levels (see the module docstring)."""
-    levels = CogVideoXDDIMScheduler.from_config(config)
+def shifted_ddim(config: dict[str, Any], levels: Any = None) -> DDIMScheduler:
+    """DDIMScheduler on CogVideoX's noise levels (see the module docstring); `levels`: a
+    CogVideoXDDIMScheduler built from `config` already."""
+    levels = levels or CogVideoXDDIMScheduler.from_config(config)
     ddim = ZeroSNRDDIMScheduler.from_config({k: v for k, v in config.items() if k != "snr_shift_scale"})
     # float32 as DDIMScheduler keeps its own (CogVideoX computes them in float64)
     ddim.alphas_cumprod = levels.alphas_cumprod.float()
@@ -161,7 +162,9 @@ class CogVideoXBackbone(DDPMProcess, TransformerBackbone):
         return z.float() * self.scaling_factor
 
     def make_scheduler(self) -> DDIMScheduler:
-        return shifted_ddim(self.scheduler_config)
+        if not hasattr(self, "_levels"):  # built once: the levels never change, a scheduler's state does
+            self._levels = CogVideoXDDIMScheduler.from_config(self.scheduler_config)
+        return shifted_ddim(self.scheduler_config, self._levels)
 
 
 def cogvideox(pretrained: str = "THUDM/CogVideoX-2b", revision: str | None = None,
