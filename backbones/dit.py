@@ -47,7 +47,9 @@ class TransformerBackbone(PeftLora):
         if prompt_cache_size < 0:
             raise ValueError(f"backbone.prompt_cache_size={prompt_cache_size}: use 0 (no cache) or more")
         self.gradient_checkpointing = gradient_checkpointing
-        self.weight_dtype = next(self.transformer.parameters()).dtype
+        # diffusers' own answer: the first parameter may sit in a module it keeps in float32
+        # (Wan's scale_shift_table), which is not the dtype the transformer's inputs must have.
+        self.weight_dtype = self.transformer.dtype
         for module in (self.transformer, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()

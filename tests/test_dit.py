@@ -28,9 +28,10 @@ def folders(tmp_path_factory):
 
 
 def build(name: str, folders, **kwargs):
+    kwargs = {**F32, **kwargs}
     if name == "wan":
-        return wan(str(folders["wan"]), **F32, max_sequence_length=16, **kwargs)
-    return cogvideox(str(folders["cogvideox"]), **F32, vae_dtype="fp32", **kwargs)
+        return wan(str(folders["wan"]), max_sequence_length=16, **kwargs)
+    return cogvideox(str(folders["cogvideox"]), vae_dtype="fp32", **kwargs)
 
 
 def pipeline(name: str, folders):
@@ -112,6 +113,20 @@ def test_a_missing_hub_model_stops_at_once_naming_the_key(monkeypatch, name):
     with pytest.raises(FileNotFoundError, match=f"backbone.pretrained.*huggingface-cli download {HUB[name]}"):
         {"wan": wan, "cogvideox": cogvideox}[name](HUB[name])
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.parametrize("name", ["wan", "cogvideox"])
+def test_bf16_weights_sample_without_autocast(folders, name):
+    """The frozen weights in bf16 (the default) and no autocast (mixed_precision=no): the inputs
+    take the transformer's dtype, not that of a module diffusers keeps in float32 (Wan's
+    scale_shift_table comes first among its parameters)."""
+    backbone = build(name, folders, transformer_dtype="bf16")
+    assert backbone.weight_dtype == torch.bfloat16
+    noise = make_noise(backbone.latent_shape(1, FRAMES[name], 16, 16), [1])
+    with torch.no_grad():
+        out = sample(backbone, backbone.trainable_module(), PROMPTS[:1], noise, num_inference_steps=2,
+                     guidance_scale=5.0)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", ["wan", "cogvideox"])
