@@ -1,6 +1,8 @@
 """Real-size models built from their published configs on the meta device: no download, no
 memory. Counts parameters per part so the docs and tests can compare them with published sizes:
 ModelScope, AnimateDiff (UNets) and Wan2.1-T2V-1.3B, CogVideoX-2B / -5B (diffusion transformers).
+`real_size_backbone` builds the same backbones with random weights on a real device, for timing
+(benchmarks/real_size_step.py).
 
     python -m backbones.sizes          # prints the table
 """
@@ -74,15 +76,19 @@ def real_size_parts(backbone: str) -> dict[str, nn.Module]:
 
 
 def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_rank: int = 16,
-                       decode_chunk: int = 1, checkpoint_blocks: bool = False):
+                       decode_chunk: int = 1, checkpoint_blocks: bool = False,
+                       vae_dtype: str | None = None):
     """A real-size backbone with random weights, built directly on `device` (for benchmarks on a
-    GPU: the published architecture without downloading it). The tokenizer is the byte-level one
-    of `tiny`; token ids stay inside the real vocabulary, and speed does not depend on them."""
+    GPU: the published architecture without downloading it). The UNets' tokenizer is the
+    byte-level one of `tiny`; token ids stay inside the real vocabulary, and speed does not depend
+    on them. Wan and CogVideoX: see `real_size_dit` (their T5 encoders are stand-ins)."""
     import torch
 
     from backbones.loading import parse_dtype
     from backbones.tiny import byte_level_tokenizer
     from backbones.video_unet import VideoUNetBackbone
+    if backbone in DIT_CONFIGS:
+        return real_size_dit(backbone, device, dtype, lora_rank, checkpoint_blocks, vae_dtype)
     weights = parse_dtype(dtype, "dtype")
     with torch.device(device):
         if backbone == "modelscope":
@@ -100,13 +106,99 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
             config = load_config("sd15_scheduler")
             scheduler, overrides = ("euler", {"timestep_spacing": "trailing", "beta_schedule": "linear"}) \
                 if backbone == "animatediff_lightning" else ("ddim", ANIMATEDIFF_SCHEDULER)
+    weights_vae = parse_dtype(vae_dtype, "vae_dtype") if vae_dtype else weights
     return VideoUNetBackbone(
-        name=backbone, unet=unet.to(weights), vae=vae.to(weights),
+        name=backbone, unet=unet.to(weights), vae=vae.to(weights_vae),
         text_encoder=text_encoder.to(weights), tokenizer=byte_level_tokenizer(77),
         scheduler_config={k: v for k, v in config.items() if not k.startswith("_")},
         scheduler=scheduler, scheduler_overrides=overrides, lora_rank=lora_rank,
         decode_chunk=decode_chunk, text_per_frame=backbone != "modelscope",
         checkpoint_blocks=checkpoint_blocks)
+
+
+# Scheduler configs for the diffusion transformers' real-size builds (the backbones take these
+# keys; timing does not depend on the values). Wan2.1's diffusers checkpoints ship
+# UniPCMultistepScheduler with flow_shift 3.0 over 1000 training steps (scheduler_config.json, e.g.
+# the Wan-AI/Wan2.1-VACE-14B-diffusers mirror in huggingface.co/JackIsNotInTheBox/
+# Video_Watermark_Remover_Checkpoints, commit 166a3d3); WanBackbone gives either of its schedulers
+# that shift, and runs flow_euler by default.
+WAN_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}
+# CogVideoXDDIMScheduler of https://huggingface.co/THUDM/CogVideoX-2b/blob/refs%2Fpr%2F2/scheduler/
+# scheduler_config.json (482 B, the size main lists). The 5B ships CogVideoXDPMScheduler, whose
+# config was not checked; CogVideoXBackbone samples both with DDIM on these levels anyway.
+COGVIDEOX_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "clip_sample_range": 1.0,
+    "prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "sample_max_value": 1.0,
+    "set_alpha_to_one": True, "snr_shift_scale": 3.0, "steps_offset": 0,
+    "timestep_spacing": "trailing", "trained_betas": None}
+
+
+class TextEncoderStandIn(nn.Module):
+    """In place of umT5-XXL (Wan, 5.7 B) or T5-XXL (CogVideoX, 4.8 B) in real-size timing runs:
+    one embedding table giving each token a vector of the encoder's width (4096), returned the way
+    the encoders return theirs (`last_hidden_state`, or item 0). A training step never runs the
+    T5 (the backbones cache each prompt's embeddings and offload the encoder), so the transformer
+    sees embeddings of the real shape and a step's time and memory exclude the encoder, as they
+    would with the real one."""
+
+    def __init__(self, vocab_size: int, width: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, width)
+
+    def forward(self, input_ids, attention_mask=None):
+        from transformers.modeling_outputs import BaseModelOutput
+        return BaseModelOutput(last_hidden_state=self.embed(input_ids))
+
+
+def _build_on(model_class, config: str, device: str, dtype):
+    """`model_class` from configs/`config`.json with random weights, created on `device` directly
+    in `dtype` (no float32 copy first: the 5B's would be 22 GB), then the modules diffusers'
+    from_pretrained keeps in float32 (`_keep_in_fp32_modules`: Wan's norms, time embedder, rope)
+    upcast, so the dtypes are those of a checkpoint loaded in `dtype`."""
+    import torch
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = model_class.from_config(load_config(config))
+    finally:
+        torch.set_default_dtype(default)
+    keep = model._keep_in_fp32_modules or []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.dtype in (torch.float16, torch.bfloat16) and any(m in name.split(".") for m in keep):
+            tensor.data = tensor.data.float()
+    return model
+
+
+def real_size_dit(backbone: str, device: str, dtype: str = "bf16", lora_rank: int = 16,
+                  checkpoint_blocks: bool = True, vae_dtype: str | None = None):
+    """Wan2.1-T2V-1.3B (`wan`) or CogVideoX-2B / -5B as a WanBackbone / CogVideoXBackbone at
+    published size with random weights, built directly on `device`: the transformer in `dtype`,
+    the VAE in `vae_dtype` (default: conf/backbone's, float32 for Wan, `dtype` for CogVideoX).
+    The text encoder is a `TextEncoderStandIn`, not the T5 (embeddings of 512 tokens for Wan, 226
+    for CogVideoX, width 4096): numbers measured on this build exclude the text encoder, which runs
+    once per new prompt and holds no accelerator memory during a step. Tokens come from the
+    byte-level tokenizer of `tiny`."""
+    from backbones.loading import parse_dtype
+    from backbones.tiny import byte_level_tokenizer
+    weights = parse_dtype(dtype, "dtype")
+    transformer_class, transformer_config, vae_class, vae_config, text_config = DIT_CONFIGS[backbone]
+    wan = backbone == "wan"
+    transformer = _build_on(transformer_class, transformer_config, device, weights)
+    vae = _build_on(vae_class, vae_config, device,
+                    parse_dtype(vae_dtype or ("fp32" if wan else dtype), "vae_dtype"))
+    # WanPipeline's max_sequence_length; CogVideoX pads to its transformer's text length
+    text_length = 512 if wan else transformer.config.max_text_seq_length
+    tokenizer = byte_level_tokenizer(text_length)
+    text_encoder = TextEncoderStandIn(len(tokenizer), load_config(text_config)["d_model"]).to(device, weights)
+    parts = dict(name=backbone, transformer=transformer, vae=vae, text_encoder=text_encoder,
+                 tokenizer=tokenizer, lora_rank=lora_rank, checkpoint_blocks=checkpoint_blocks)
+    if wan:
+        from backbones.wan import WanBackbone
+        return WanBackbone(**parts, scheduler_config=WAN_SCHEDULER, max_sequence_length=text_length)
+    from backbones.cogvideox import CogVideoXBackbone
+    return CogVideoXBackbone(**parts, scheduler_config=COGVIDEOX_SCHEDULER)
 
 
 def count(module: nn.Module) -> int:
