@@ -55,11 +55,14 @@ DIFFUSERS_BACKBONES = ("modelscope", "animatediff", "animatediff_lightning")
 def tiny_folders(tmp_path_factory) -> dict[str, Path]:
     """Tiny random-weight checkpoints written in the real hub layouts (see tests/tiny_models.py)."""
     from tests import tiny_models
+    from tests.tiny_videocrafter2 import write_videocrafter2
     root = tmp_path_factory.mktemp("tiny_models")
     return {"modelscope": tiny_models.write_modelscope(root / "modelscope"),
             "sd15": tiny_models.write_sd15(root / "sd15"),
             "motion_adapter": tiny_models.write_motion_adapter(root / "motion_adapter"),
-            "lightning": tiny_models.write_lightning(root / "lightning", steps=4)}
+            "lightning": tiny_models.write_lightning(root / "lightning", steps=4),
+            "videocrafter2": {k: v for k, v in write_videocrafter2(root / "videocrafter2").items()
+                              if k in ("checkpoint", "tokenizer", "architecture")}}
 
 
 def backbone_overrides(name: str, folders: dict[str, Path]) -> list[str]:
@@ -67,6 +70,11 @@ def backbone_overrides(name: str, folders: dict[str, Path]) -> list[str]:
     from tests.tiny_models import ADAPTER_CONFIG
     if name in ("tiny", "world"):  # built in memory / shipped in backbones/weights/world
         return [f"backbone={name}"]
+    if name == "videocrafter2":  # the official LDM layout (tests/tiny_videocrafter2.py)
+        vc2 = folders["videocrafter2"]
+        return ["backbone=videocrafter2", f"backbone.checkpoint={vc2['checkpoint']}",
+                f"backbone.tokenizer={vc2['tokenizer']}", f"backbone.architecture={vc2['architecture']}",
+                "backbone.unet_dtype=fp32", "backbone.vae_dtype=fp32", "backbone.text_encoder_dtype=fp32"]
     if name == "modelscope":
         return ["backbone=modelscope", f"backbone.pretrained={folders['modelscope']}", *F32]
     common = [f"backbone={name}", f"backbone.pretrained={folders['sd15']}", *F32]

@@ -115,6 +115,21 @@ def test_animatediff_vader_has_videocrafters_lora():
     assert cfg.reward_fn.parts.hps.reward.version == VADER["videocrafter"]["hps_version"]
 
 
+def test_vader_videocrafter2_recipe_has_vaders_numbers():
+    cfg = compose_experiment("vader_videocrafter2")
+    vc = VADER["videocrafter"]
+    assert cfg.backbone._target_ == "backbones.videocrafter2.videocrafter2"
+    assert (cfg.height, cfg.width, cfg.num_frames) == (vc["height"], vc["width"], vc["num_frames"])
+    assert (cfg.num_inference_steps, cfg.eta, cfg.guidance_scale) == (vc["num_inference_steps"], vc["eta"],
+                                                                      vc["guidance_scale"])
+    assert (cfg.lr, cfg.seed, cfg.num_steps) == (vc["optimizer"]["lr"], vc["seed"], vc["max_train_steps"])
+    assert cfg.lora_dropout == vc["lora"]["lora_dropout"] and cfg.max_grad_norm == vc["max_grad_norm"]
+    assert cfg.gradient_accumulation_steps == vc["gradient_accumulation_steps"]
+    assert (cfg.lora_rank, cfg.lora_alpha / cfg.lora_rank) == (vc["lora"]["rank"], 0.5)
+    assert sorted(cfg.lora_target_modules) == sorted(vc["lora"]["target_modules"])
+    assert cfg.reward_fn.parts.hps.reward.version == vc["hps_version"]
+
+
 def test_vader_modelscope_recipe_has_vaders_numbers():
     cfg = compose_experiment("vader_modelscope")
     vader = VADER["modelscope"]

@@ -68,6 +68,9 @@ class DDIMStep:
         self.stride = config.num_train_timesteps // scheduler.num_inference_steps
         self.prediction_type = config.prediction_type
         self.clip = config.clip_sample_range if config.clip_sample else None
+        # A scheduler for a scaled forward process (VideoCrafter2's ScaledDDIMScheduler) offers
+        # `scales(t) -> (s_t, s_prev)`; its step adds sqrt(ᾱ_prev)(s_prev/s_t − 1) x̂0.
+        self.scales = getattr(scheduler, "scales", None)
 
     def _alphas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = t.cpu().long()
@@ -98,6 +101,9 @@ class DDIMStep:
         # Clamped: with zero terminal SNR (CogVideoX) the first step's std² equals 1 − ᾱ_prev at
         # eta = 1, and rounding can take the difference below 0 (a NaN under the root).
         mean = alpha_prev ** 0.5 * x0 + (1 - alpha_prev - std ** 2).clamp(min=0) ** 0.5 * eps
+        if self.scales is not None:
+            s, s_prev = (_per_video(v, x) for v in self.scales(t))
+            mean = mean + alpha_prev ** 0.5 * (s_prev / s - 1) * x0
         return mean, std
 
 
