@@ -91,11 +91,14 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
         return real_size_dit(backbone, device, dtype, lora_rank, checkpoint_blocks, vae_dtype)
     weights = parse_dtype(dtype, "dtype")
     with torch.device(device):
-        if backbone == "modelscope":
-            unet = UNet3DConditionModel.from_config(load_config("modelscope_unet"))
+        if backbone in ("modelscope", "videocrafter2"):  # VideoCrafter2: ModelScope's + fps embedding
+            from backbones.videocrafter2 import FpsUNet3DConditionModel
+            unet_cls = FpsUNet3DConditionModel if backbone == "videocrafter2" else UNet3DConditionModel
+            unet = unet_cls.from_config(load_config("modelscope_unet"))
             vae = AutoencoderKL.from_config(load_config("modelscope_vae"))
             text_encoder = _text_encoder("modelscope_text_encoder")
-            scheduler, config, overrides = "dpmsolver", load_config("modelscope_scheduler"), {}
+            scheduler = "dpmsolver" if backbone == "modelscope" else "ddim"
+            config, overrides = load_config("modelscope_scheduler"), {}
         else:
             from backbones.animatediff import ANIMATEDIFF_SCHEDULER, motion_unet
             unet = motion_unet(UNet2DConditionModel.from_config(load_config("sd15_unet")),
@@ -107,12 +110,14 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
             scheduler, overrides = ("euler", {"timestep_spacing": "trailing", "beta_schedule": "linear"}) \
                 if backbone == "animatediff_lightning" else ("ddim", ANIMATEDIFF_SCHEDULER)
     weights_vae = parse_dtype(vae_dtype, "vae_dtype") if vae_dtype else weights
+    if backbone == "videocrafter2":
+        from backbones.videocrafter2 import VideoCrafter2Backbone as VideoUNetBackbone  # its scaled DDIM
     return VideoUNetBackbone(
         name=backbone, unet=unet.to(weights), vae=vae.to(weights_vae),
         text_encoder=text_encoder.to(weights), tokenizer=byte_level_tokenizer(77),
         scheduler_config={k: v for k, v in config.items() if not k.startswith("_")},
         scheduler=scheduler, scheduler_overrides=overrides, lora_rank=lora_rank,
-        decode_chunk=decode_chunk, text_per_frame=backbone != "modelscope",
+        decode_chunk=decode_chunk, text_per_frame=backbone not in ("modelscope", "videocrafter2"),
         checkpoint_blocks=checkpoint_blocks)
 
 

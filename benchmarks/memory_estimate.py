@@ -4,6 +4,7 @@ allocation and release is counted.
 
     python -m benchmarks.memory_estimate --backbone modelscope --sizes 256x256 512x512 --frames 16
     python -m benchmarks.memory_estimate --backbone animatediff --k 1 2 --decoded all random
+    python -m benchmarks.memory_estimate --backbone videocrafter2 --sizes 320x512 --frames 12   # VADER's
 
 What is traced is what a step holds at once: one guided no-gradient step (the T-K steps before
 the cutoff each look like it and free everything after), then K guided steps with gradients
@@ -136,7 +137,7 @@ def weight_gib(backbone) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", nargs="+", default=["modelscope"],
-                    choices=["modelscope", "animatediff", "animatediff_lightning"])
+                    choices=["modelscope", "animatediff", "animatediff_lightning", "videocrafter2"])
     ap.add_argument("--sizes", nargs="+", default=["256x256", "512x512"], help="HxW")
     ap.add_argument("--frames", type=int, nargs="+", default=[16])
     ap.add_argument("--k", type=int, nargs="+", default=[1], help="backprop_steps")
