@@ -9,6 +9,7 @@ import pytest
 from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 
+from tests.tiny_svd import write_first_frames
 from vader.data import prompts
 from vader.data.prompts import PromptSource, builtin, nouns_activities, table, text_file
 
@@ -255,6 +256,7 @@ def required_files(tmp_path):
     return {
         ("text_file", "path"): write(tmp_path / "p.txt", numbered(10)),
         ("table", "path"): write(tmp_path / "p.csv", ["prompt"] + numbered(10)),
+        ("images", "path"): write_first_frames(tmp_path / "frames", ["red", "blue", "green", "yellow"]),
     }
 
 
@@ -265,7 +267,8 @@ def test_every_factory_has_a_yaml():
 @pytest.mark.parametrize("yaml_path", YAMLS, ids=lambda p: p.stem)
 def test_yaml_instantiates(yaml_path, required_files):
     cfg = OmegaConf.load(yaml_path)
-    assert cfg._target_ == f"vader.data.prompts.{yaml_path.stem}"
+    # Text prompts in vader/data/prompts.py, image prompts (first frames) in image_prompts.py.
+    assert cfg._target_ in (f"vader.data.prompts.{yaml_path.stem}", f"vader.data.image_prompts.{yaml_path.stem}")
     for key in cfg:
         if OmegaConf.is_missing(cfg, key):
             assert (yaml_path.stem, key) in required_files, f"no test file for {yaml_path.name}:{key}"

@@ -167,7 +167,10 @@ def guided_prediction(backbone: Backbone, net: nn.Module, x_in: torch.Tensor, t:
         uncond, text = backbone.predict(net, torch.cat([x_in, x_in]), t2, cond).chunk(2)
     else:
         uncond, text = (backbone.predict(net, x_in, t, c) for c in cond.chunk(2))
-    return uncond + guidance_scale * (text - uncond)
+    # A backbone may weigh guidance per frame (SVD's ramp over frames, backbones/svd.py).
+    weights = getattr(backbone, "guidance_weights", None)
+    scale = guidance_scale if weights is None else weights(guidance_scale, uncond)
+    return uncond + scale * (text - uncond)
 
 
 def sample(backbone: Backbone, model: nn.Module, prompts: list[str], noise: torch.Tensor, *,

@@ -156,6 +156,9 @@ def step_kernel(scheduler: Any, eta: float) -> StepKernel:
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         return FlowSDEStep(scheduler, eta)
     config = scheduler.config
+    if type(scheduler).__name__ == "EulerDiscreteScheduler":
+        raise ValueError("the stochastic sampler has no step for EulerDiscreteScheduler (SVD's EDM sampler, "
+                         "AnimateDiff-Lightning's) yet; a backbone with a DDIM option takes backbone.scheduler=ddim")
     if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
         raise ValueError(f"the stochastic sampler's flow SDE step generalises the Euler step, not "
                          f"{type(scheduler).__name__}; set backbone.scheduler=flow_euler")

@@ -1,0 +1,241 @@
+"""`backbone=svd`: Stable Video Diffusion image-to-video (stabilityai/stable-video-diffusion-img2vid,
+-img2vid-xt, and checkpoints in the same diffusers layout) as StableVideoDiffusionPipeline runs it:
+a UNetSpatioTemporalConditionModel predicting v on EDM noise levels (EulerDiscreteScheduler with
+Karras sigmas and continuous timesteps), conditioned on the first frame twice (its CLIP image
+embedding through cross-attention, its VAE latents concatenated to every frame's channels) and on
+`added_time_ids` (fps − 1, motion bucket, noise augmentation), decoded by the temporal VAE decoder.
+
+Conditioning: prompts are image prompts (vader/data/image_prompts.py: a caption string carrying
+`.image`); the empty prompt, which the sampler asks for as the unconditional input, gets the
+pipeline's negative conditioning (zero image embedding, zero image latents). `encode_prompts`
+returns an opaque tensor per video (the image embedding, then the image's number in this
+backbone's table); `predict` computes the image latents at the video's size once per image and
+size (the first frame resized to the video, noise-augmented with a draw seeded by the image, then
+the VAE posterior's mode, as the pipeline does).
+
+Guidance is the pipeline's per-frame ramp: linear from `min_guidance_scale` on the first frame to
+`guidance_scale` on the last (`guidance_weights`, read by the samplers).
+
+Decoding: the temporal decoder's layers see the frames decoded together (`decode_chunk`, default:
+the whole video, as the pipeline with decode_chunk_size = num_frames), so a frame depends on its
+chunk; `decode` decodes whole chunks and then picks the frames asked for (exact: the frames of a
+whole decode).
+
+Not built: SFT and DPO (SVD was trained with EDM's noise distribution and loss weighting, which
+the protocol's discrete-timestep forward process does not express), GRPO (it needs a stochastic
+step for the EDM Euler scheduler), long videos. Each is refused with the reason.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
+                       UNetSpatioTemporalConditionModel)
+from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
+from diffusers.video_processor import VideoProcessor
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from backbones.lora import PeftLora
+
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+class SVDBackbone(PeftLora):
+    """First frame -> CLIP image embedding + image latents -> spatio-temporal UNet (v) -> temporal VAE."""
+
+    prediction_type = "v_prediction"
+    lora_prefix = "unet"
+
+    def __init__(self, name: str, unet: nn.Module, vae: AutoencoderKLTemporalDecoder, image_encoder: nn.Module,
+                 feature_extractor: Any, scheduler_config: dict[str, Any], fps: int = 7,
+                 motion_bucket_id: int = 127, noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0,
+                 decode_chunk: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
+                 lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
+                 gradient_checkpointing: bool = True) -> None:
+        self.name, self.unet, self.vae = name, unet, vae
+        # The conditioning encoder sits where the text backbones keep theirs (frozen_state_dict).
+        self.text_encoder, self.feature_extractor = image_encoder, feature_extractor
+        self.scheduler_config = dict(scheduler_config)
+        self.time_ids = [fps - 1, motion_bucket_id, noise_aug_strength]  # "conditioned on fps - 1"
+        self.noise_aug_strength, self.min_guidance_scale = noise_aug_strength, min_guidance_scale
+        self.decode_chunk, self.gradient_checkpointing = decode_chunk, gradient_checkpointing
+        self.weight_dtype = unet.dtype
+        self.spatial = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.processor = VideoProcessor(vae_scale_factor=self.spatial)
+        self._images: dict[str, int] = {}         # image path -> number, carried in the conditioning
+        self._latents: dict[tuple[int, int, int], torch.Tensor] = {}
+        for module in (unet, vae, image_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, lora_dropout=lora_dropout,
+                                      init_lora_weights="gaussian",
+                                      target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
+        inject_adapter_in_model(self.lora_config, self.unet)
+        self.unet.eval()
+        for p in self.unet.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+
+    # --- sizes -----------------------------------------------------------------------------
+    def check_video(self, num_frames: int, height: int, width: int) -> None:
+        m = self.spatial * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if num_frames < 1 or height % m or width % m or height <= 0 or width <= 0:
+            raise ValueError(f"backbone {self.name!r} cannot make {num_frames} frames of {height}x{width}: "
+                             f"height and width must be positive multiples of {m} (SVD: 576x1024)")
+
+    def latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        self.check_video(num_frames, height, width)
+        return (batch, self.unet.config.out_channels, num_frames, height // self.spatial, width // self.spatial)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device | str) -> "SVDBackbone":
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device)
+        self._latents.clear()
+        return self
+
+    # --- conditioning ----------------------------------------------------------------------
+    @staticmethod
+    def _image(path: str):
+        from PIL import Image
+
+        return Image.open(path).convert("RGB")
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(B, D + 1): each first frame's CLIP image embedding and its number here (−1 and zeros
+        for the empty prompt: the unconditional input)."""
+        dim = self.text_encoder.config.projection_dim
+        rows = []
+        for prompt in prompts:
+            if prompt == "" and not hasattr(prompt, "image"):
+                rows.append(torch.cat([torch.zeros(dim, device=self.device), torch.tensor([-1.0], device=self.device)]))
+                continue
+            if not hasattr(prompt, "image"):
+                raise ValueError(f"backbone {self.name!r} makes videos from a first frame, and prompt {prompt!r} "
+                                 "has none; use prompt_fn=images prompt_fn.path=<a folder of first frames>")
+            number = self._images.setdefault(prompt.image, len(self._images))
+            rows.append(torch.cat([self._embed(prompt), torch.tensor([float(number)], device=self.device)]))
+        return torch.stack(rows)
+
+    def _embed(self, prompt: str) -> torch.Tensor:
+        # As StableVideoDiffusionPipeline._encode_image: [0, 1] pixels, antialiased resize to the
+        # encoder's size in [-1, 1], the feature extractor's normalisation only.
+        image = self.processor.numpy_to_pt(self.processor.pil_to_numpy(self._image(prompt.image)))
+        size = self.text_encoder.config.image_size
+        image = (_resize_with_antialiasing(image * 2 - 1, (size, size)) + 1) / 2
+        pixels = self.feature_extractor(images=image, do_normalize=True, do_center_crop=False, do_resize=False,
+                                        do_rescale=False, return_tensors="pt").pixel_values
+        encoder = self.text_encoder
+        return encoder(pixels.to(self.device, next(encoder.parameters()).dtype)).image_embeds[0].float()
+
+    def _image_latents(self, number: int, height: int, width: int) -> torch.Tensor:
+        key = (number, height, width)
+        if key not in self._latents:
+            path = next(p for p, n in self._images.items() if n == number)
+            image = self.processor.preprocess(self._image(path), height=height, width=width)
+            noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(number))
+            image = (image + self.noise_aug_strength * noise).to(self.device, self.vae.dtype)
+            with torch.no_grad():
+                self._latents[key] = self.vae.encode(image).latent_dist.mode()[0]
+        return self._latents[key]
+
+    def guidance_weights(self, guidance_scale: float, like: torch.Tensor) -> torch.Tensor:
+        """The pipeline's per-frame guidance: min_guidance_scale on the first frame rising linearly
+        to guidance_scale on the last, shaped to broadcast over (B, C, T, h, w)."""
+        ramp = torch.linspace(self.min_guidance_scale, guidance_scale, like.shape[2], device=like.device)
+        return ramp.to(like.dtype).view(1, 1, -1, 1, 1)
+
+    def predict(self, model: nn.Module, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        b, _, frames, h, w = latents.shape
+        embeds, numbers = cond[:, :-1].unsqueeze(1), cond[:, -1].round().long().tolist()
+        first = torch.stack([self._image_latents(n, h * self.spatial, w * self.spatial) if n >= 0 else
+                             torch.zeros(self.vae.config.latent_channels, h, w, device=latents.device)
+                             for n in numbers]).to(latents.device, self.weight_dtype)
+        x = torch.cat([latents.permute(0, 2, 1, 3, 4).to(self.weight_dtype),
+                       first[:, None].expand(-1, frames, -1, -1, -1)], dim=2)
+        t = t.reshape(-1).to(latents.device)
+        t = t.expand(b) if t.numel() == 1 else t
+        ids = torch.tensor([self.time_ids], device=latents.device, dtype=self.weight_dtype).expand(b, -1)
+        out = model(x, t, encoder_hidden_states=embeds.to(self.weight_dtype), added_time_ids=ids, return_dict=False)[0]
+        return out.permute(0, 2, 1, 3, 4).to(latents.dtype)
+
+    # --- frames ----------------------------------------------------------------------------
+    def decode(self, latents: torch.Tensor, frame_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Frames (B, T, 3, H, W) in [0, 1], each video decoded in chunks of `decode_chunk` frames
+        (default: all at once), then the frames asked for."""
+        z = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype) / self.vae.config.scaling_factor
+        chunk = self.decode_chunk or z.shape[1]
+        videos = []
+        for video in z:
+            parts = []
+            for piece in video.split(chunk):
+                if self.gradient_checkpointing and piece.requires_grad:
+                    parts.append(checkpoint(self._decode, piece, use_reentrant=False))
+                else:
+                    parts.append(self._decode(piece))
+            videos.append(torch.cat(parts))
+        frames = (torch.stack(videos).float() / 2 + 0.5).clamp(0, 1)
+        return frames if frame_index is None else frames[:, frame_index.to(frames.device)]
+
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z, num_frames=z.shape[0]).sample
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        b, t = frames.shape[:2]
+        x = (frames.flatten(0, 1) * 2 - 1).to(self.vae.device, self.vae.dtype)
+        posterior = self.vae.encode(x).latent_dist
+        z = (posterior.mode() if generator is None else posterior.sample(generator)).float()
+        return (z * self.vae.config.scaling_factor).reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    def _no_data_training(self, *args: Any) -> torch.Tensor:
+        raise ValueError(f"backbone {self.name!r}: training on data (SFT, DPO) is not built for SVD: it was "
+                         "trained with EDM's noise levels and loss weighting, which the discrete-timestep forward "
+                         "process does not express; use algorithm=reward_grad")
+
+    add_noise = training_target = _no_data_training
+
+    def make_scheduler(self) -> EulerDiscreteScheduler:
+        return EulerDiscreteScheduler.from_config(self.scheduler_config)
+
+    def trainable_module(self) -> nn.Module:
+        return self.unet
+
+
+def svd(pretrained: str = "stabilityai/stable-video-diffusion-img2vid-xt", revision: str | None = None,
+        unet_dtype: str = "bf16", vae_dtype: str = "fp32", image_encoder_dtype: str = "bf16", fps: int = 7,
+        motion_bucket_id: int = 127, noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0,
+        decode_chunk: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
+        lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
+        gradient_checkpointing: bool = True) -> SVDBackbone:
+    """SVD from a hub id or a local folder in the diffusers layout (unet/, vae/, image_encoder/,
+    feature_extractor/, scheduler/)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from backbones.loading import check_sources, load_part, load_scheduler_config, parse_dtype, part_source
+
+    sources = {name: part_source("backbone.pretrained", None, pretrained, name, revision=revision)
+               for name in ("unet", "vae", "image_encoder")}
+    sources["feature_extractor"] = part_source("backbone.pretrained", None, pretrained, "feature_extractor",
+                                               "preprocessor_config.json", revision, weights=False)
+    sources["scheduler"] = part_source("backbone.pretrained", None, pretrained, "scheduler",
+                                       "scheduler_config.json", revision, weights=False)
+    check_sources(list(sources.values()))
+    return SVDBackbone(
+        name="svd",
+        unet=load_part(UNetSpatioTemporalConditionModel, sources["unet"], parse_dtype(unet_dtype, "backbone.unet_dtype")),
+        vae=load_part(AutoencoderKLTemporalDecoder, sources["vae"], parse_dtype(vae_dtype, "backbone.vae_dtype")),
+        image_encoder=load_part(CLIPVisionModelWithProjection, sources["image_encoder"],
+                                parse_dtype(image_encoder_dtype, "backbone.image_encoder_dtype")),
+        feature_extractor=load_part(CLIPImageProcessor, sources["feature_extractor"]),
+        scheduler_config=load_scheduler_config(sources["scheduler"]), fps=fps, motion_bucket_id=motion_bucket_id,
+        noise_aug_strength=noise_aug_strength, min_guidance_scale=min_guidance_scale, decode_chunk=decode_chunk,
+        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
