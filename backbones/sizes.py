@@ -1,6 +1,7 @@
 """Real-size models built from their published configs on the meta device: no download, no
 memory. Counts parameters per part so the docs and tests can compare them with published sizes:
-ModelScope, AnimateDiff (UNets) and Wan2.1-T2V-1.3B, CogVideoX-2B / -5B (diffusion transformers).
+ModelScope, AnimateDiff, Stable Video Diffusion XT (UNets) and Wan2.1-T2V-1.3B, CogVideoX-2B / -5B
+(diffusion transformers).
 `real_size_backbone` builds the same backbones with random weights on a real device, for timing
 (benchmarks/real_size_step.py).
 
@@ -12,11 +13,13 @@ import json
 from pathlib import Path
 
 from accelerate import init_empty_weights
-from diffusers import (AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLWan,
-                       CogVideoXTransformer3DModel, MotionAdapter, UNet2DConditionModel,
-                       UNet3DConditionModel, UNetMotionModel, WanTransformer3DModel)
+from diffusers import (AutoencoderKL, AutoencoderKLCogVideoX, AutoencoderKLTemporalDecoder,
+                       AutoencoderKLWan, CogVideoXTransformer3DModel, MotionAdapter,
+                       UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel,
+                       UNetSpatioTemporalConditionModel, WanTransformer3DModel)
 from torch import nn
-from transformers import (CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, UMT5Config,
+from transformers import (CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
+                          CLIPVisionModelWithProjection, T5Config, T5EncoderModel, UMT5Config,
                           UMT5EncoderModel)
 
 CONFIGS = Path(__file__).parent / "configs"  # sources of every file: configs/SOURCES.md
@@ -28,6 +31,8 @@ def load_config(name: str) -> dict:
 
 # transformers classes keep no _class_name in their config.json; ours name the model class.
 TEXT_ENCODERS = {"CLIPTextModel": (CLIPTextConfig, CLIPTextModel),
+                 # SVD's conditioning encoder is an image encoder (CLIP ViT-H/14), built the same way
+                 "CLIPVisionModelWithProjection": (CLIPVisionConfig, CLIPVisionModelWithProjection),
                  "UMT5EncoderModel": (UMT5Config, UMT5EncoderModel),
                  "T5EncoderModel": (T5Config, T5EncoderModel)}
 
@@ -42,7 +47,7 @@ DIT_CONFIGS = {
     "cogvideox_5b": (CogVideoXTransformer3DModel, "cogvideox_5b_transformer", AutoencoderKLCogVideoX,
                      "cogvideox_5b_vae", "cogvideox_text_encoder"),
 }
-BACKBONES = ("modelscope", "animatediff", "animatediff_lightning", *DIT_CONFIGS)
+BACKBONES = ("modelscope", "animatediff", "animatediff_lightning", "svd", *DIT_CONFIGS)
 
 
 def _text_encoder(name: str) -> nn.Module:
@@ -52,7 +57,9 @@ def _text_encoder(name: str) -> nn.Module:
 
 
 def real_size_parts(backbone: str) -> dict[str, nn.Module]:
-    """The denoiser, VAE and text encoder of `backbone` at published size, on the meta device."""
+    """The denoiser, VAE and text encoder (SVD: image encoder) of `backbone` at published size,
+    on the meta device. `svd` is stable-video-diffusion-img2vid-xt; the 14-frame img2vid has the
+    same architecture (its configs differ only in the UNet's `num_frames`, which sizes nothing)."""
     # include_buffers: UNetMotionModel.from_unet2d copies the motion modules' positional-encoding
     # buffers, which must be meta tensors too.
     with init_empty_weights(include_buffers=True):
@@ -67,6 +74,12 @@ def real_size_parts(backbone: str) -> dict[str, nn.Module]:
                     "unet": UNetMotionModel.from_unet2d(image_unet, adapter),
                     "vae": AutoencoderKL.from_config(load_config("sd15_vae")),
                     "text_encoder": _text_encoder("sd15_text_encoder")}
+        if backbone == "svd":
+            # .to("meta"): the AlphaBlenders' one-value mix factors escape init_empty_weights
+            unet = UNetSpatioTemporalConditionModel.from_config(load_config("svd_xt_unet"))
+            vae = AutoencoderKLTemporalDecoder.from_config(load_config("svd_xt_vae"))
+            return {"unet": unet.to("meta"), "vae": vae.to("meta"),
+                    "image_encoder": _text_encoder("svd_xt_image_encoder")}
         if backbone in DIT_CONFIGS:
             transformer, transformer_config, vae, vae_config, text_encoder = DIT_CONFIGS[backbone]
             return {"transformer": transformer.from_config(load_config(transformer_config)),
@@ -81,7 +94,8 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
     """A real-size backbone with random weights, built directly on `device` (for benchmarks on a
     GPU: the published architecture without downloading it). The UNets' tokenizer is the
     byte-level one of `tiny`; token ids stay inside the real vocabulary, and speed does not depend
-    on them. Wan and CogVideoX: see `real_size_dit` (their T5 encoders are stand-ins)."""
+    on them. Wan and CogVideoX: see `real_size_dit` (their T5 encoders are stand-ins); SVD: see
+    `real_size_svd`."""
     import torch
 
     from backbones.loading import parse_dtype
@@ -89,6 +103,8 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
     from backbones.video_unet import VideoUNetBackbone
     if backbone in DIT_CONFIGS:
         return real_size_dit(backbone, device, dtype, lora_rank, checkpoint_blocks, vae_dtype)
+    if backbone == "svd":
+        return real_size_svd(device, dtype, lora_rank, vae_dtype)
     weights = parse_dtype(dtype, "dtype")
     with torch.device(device):
         if backbone in ("modelscope", "videocrafter2"):  # VideoCrafter2: ModelScope's + fps embedding
@@ -119,6 +135,33 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
         scheduler=scheduler, scheduler_overrides=overrides, lora_rank=lora_rank,
         decode_chunk=decode_chunk, text_per_frame=backbone not in ("modelscope", "videocrafter2"),
         checkpoint_blocks=checkpoint_blocks)
+
+
+def real_size_svd(device: str, dtype: str = "bf16", lora_rank: int = 16, vae_dtype: str | None = None):
+    """Stable Video Diffusion XT as an SVDBackbone at published size with random weights, built
+    directly on `device`: UNet and image encoder in `dtype`, the temporal VAE in `vae_dtype`
+    (default float32, as conf/backbone/svd.yaml: the VAE config asks for `force_upcast`). Like the
+    conf it decodes each video in one chunk (`decode_chunk` null), and checkpoints whole sampler
+    steps (SVDBackbone has no per-block checkpointing). A fresh CLIPImageProcessor stands in for
+    the checkpoint's feature extractor: it holds no weights."""
+    import torch
+    from transformers import CLIPImageProcessor
+
+    from backbones.loading import parse_dtype
+    from backbones.svd import SVDBackbone
+    weights = parse_dtype(dtype, "dtype")
+    with torch.device(device):
+        unet = UNetSpatioTemporalConditionModel.from_config(load_config("svd_xt_unet"))
+        vae = AutoencoderKLTemporalDecoder.from_config(load_config("svd_xt_vae"))
+        image_encoder = _text_encoder("svd_xt_image_encoder")
+    scheduler = {k: v for k, v in load_config("svd_xt_scheduler").items() if not k.startswith("_")}
+    # .to(device) too: the AlphaBlenders' mix factors are made with torch.Tensor([...]), which
+    # ignores the default device and lands on the CPU
+    return SVDBackbone(name="svd", unet=unet.to(device, weights),
+                       vae=vae.to(device, parse_dtype(vae_dtype or "fp32", "vae_dtype")),
+                       image_encoder=image_encoder.to(device, weights),
+                       feature_extractor=CLIPImageProcessor(),
+                       scheduler_config=scheduler, lora_rank=lora_rank)
 
 
 # Scheduler configs for the diffusion transformers' real-size builds (the backbones take these
@@ -231,7 +274,7 @@ def denoiser(parts: dict[str, nn.Module]) -> nn.Module:
 
 
 def main() -> None:
-    for backbone in ("modelscope", "animatediff", *DIT_CONFIGS):
+    for backbone in ("modelscope", "animatediff", "svd", *DIT_CONFIGS):
         parts = real_size_parts(backbone)
         # image_unet and motion_adapter are inside AnimateDiff's unet: counted once
         total = sum(count(m) for name, m in parts.items() if name not in ("image_unet", "motion_adapter"))

@@ -5,6 +5,7 @@ allocation and release is counted.
     python -m benchmarks.memory_estimate --backbone modelscope --sizes 256x256 512x512 --frames 16
     python -m benchmarks.memory_estimate --backbone animatediff --k 1 2 --decoded all random
     python -m benchmarks.memory_estimate --backbone videocrafter2 --sizes 320x512 --frames 12   # VADER's
+    python -m benchmarks.memory_estimate --backbone svd --sizes 576x1024 --frames 25 14 --decoded random all
 
 What is traced is what a step holds at once: one guided no-gradient step (the T-K steps before
 the cutoff each look like it and free everything after), then K guided steps with gradients
@@ -93,18 +94,41 @@ def fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False
     return FusedAttention.apply(query, key, value)
 
 
+def conditioning(backbone, height: int, width: int):
+    """The (unconditional, conditional) inputs `predict` takes, and the model to give it. SVD is
+    conditioned on a first frame, which a shapes-only trace has no file for: its rows are laid out
+    as SVDBackbone.encode_prompts lays them out (image embedding, then the image's number; -1 for
+    the unconditional row). They stay on the CPU because predict reads the numbers back (a meta
+    tensor holds none), and the UNet is handed its embeddings on the meta device. The image's VAE
+    latents, which predict computes once per image and size, go into the backbone's cache (they
+    stay alive over training, so they are counted)."""
+    from backbones.svd import SVDBackbone
+    model = backbone.trainable_module()
+    if not isinstance(backbone, SVDBackbone):
+        return torch.cat([backbone.encode_prompts([""]), backbone.encode_prompts(["a dog"])]), model
+    dim = backbone.text_encoder.config.projection_dim
+    cond = torch.zeros(2, dim + 1)
+    cond[0, -1], cond[1, -1] = -1, 0  # no image, image number 0
+    backbone._latents[(0, height, width)] = torch.zeros(
+        backbone.vae.config.latent_channels, height // backbone.spatial, width // backbone.spatial,
+        device="meta", dtype=backbone.vae.dtype)
+
+    def unet_on_meta(*args, encoder_hidden_states, **kwargs):
+        return model(*args, encoder_hidden_states=encoder_hidden_states.to("meta"), **kwargs)
+    return cond, unet_on_meta
+
+
 def estimate(backbone, frames: int, height: int, width: int, k: int, decoded: str,
              guidance: float = 7.5) -> dict:
     from vader.frames import select_frames
 
-    model = backbone.trainable_module()
     noise = torch.zeros(backbone.latent_shape(1, frames, height, width), device="meta")
     t = torch.tensor(500, device="meta")
     real_sdpa, F.scaled_dot_product_attention = F.scaled_dot_product_attention, fused_sdpa
     mode = LiveBytes()
     try:
         with mode:
-            cond = torch.cat([backbone.encode_prompts([""]), backbone.encode_prompts(["a dog"])])
+            cond, model = conditioning(backbone, height, width)
 
             def eps(x):
                 uncond, text = backbone.predict(model, torch.cat([x, x]), t, cond).chunk(2)
@@ -114,7 +138,7 @@ def estimate(backbone, frames: int, height: int, width: int, k: int, decoded: st
                 latents = noise - 0.1 * eps(noise)
             no_grad_peak = mode.peak
             for _ in range(k):  # as the sampler: the whole step checkpointed unless the blocks are
-                out = eps(latents) if backbone.checkpoint_blocks else \
+                out = eps(latents) if getattr(backbone, "checkpoint_blocks", False) else \
                     checkpoint(eps, latents, use_reentrant=False)
                 latents = latents - 0.1 * out
             spec = decoded if decoded in ("all", "random") else int(decoded)
@@ -137,7 +161,7 @@ def weight_gib(backbone) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", nargs="+", default=["modelscope"],
-                    choices=["modelscope", "animatediff", "animatediff_lightning", "videocrafter2"])
+                    choices=["modelscope", "animatediff", "animatediff_lightning", "videocrafter2", "svd"])
     ap.add_argument("--sizes", nargs="+", default=["256x256", "512x512"], help="HxW")
     ap.add_argument("--frames", type=int, nargs="+", default=[16])
     ap.add_argument("--k", type=int, nargs="+", default=[1], help="backprop_steps")
@@ -145,7 +169,7 @@ def main() -> None:
                     help="frames decoded for the reward: all, random (one) or n (every n-th)")
     ap.add_argument("--checkpoint", nargs="+", default=["step", "blocks"], choices=["step", "blocks"],
                     help="checkpoint the whole UNet step, or each layer of its blocks "
-                         "(backbone.checkpoint_blocks=true)")
+                         "(backbone.checkpoint_blocks=true; svd has only whole steps)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--margin", type=float, default=1.2, help="allocator and workspace factor")
@@ -155,7 +179,9 @@ def main() -> None:
     from backbones.sizes import real_size_backbone
 
     rows = []
-    for name, mode in itertools.product(args.backbone, args.checkpoint):
+    # SVDBackbone checkpoints whole sampler steps only; a "blocks" row would repeat the "step" one
+    for name, mode in ((n, m) for n, m in itertools.product(args.backbone, args.checkpoint)
+                       if n != "svd" or m == "step"):
         backbone = real_size_backbone(name, "meta", args.dtype, lora_rank=args.lora_rank,
                                       checkpoint_blocks=mode == "blocks")
         frozen, lora = weight_gib(backbone)

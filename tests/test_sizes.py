@@ -25,10 +25,15 @@ PUBLISHED = {
     ("cogvideox_2b", "vae"): 862e6 / 4,               # 862 MB fp32 (the fp16 upload was 431 MB)
     ("cogvideox_2b", "text_encoder"): 9.52e9 / 2,     # T5-XXL encoder, 4.99 + 4.53 GB fp16
     ("cogvideox_5b", "transformer"): 11.15e9 / 2,     # 9.93 + 1.22 GB bf16
+    # stabilityai/stable-video-diffusion-img2vid-xt: file sizes in the hub tree
+    ("svd", "unet"): 3.05e9 / 2,                      # 3.05 GB fp16 (6.1 GB fp32)
+    ("svd", "vae"): 391e6 / 4,                        # 391 MB fp32 (196 MB fp16)
+    ("svd", "image_encoder"): 2.53e9 / 4,             # CLIP ViT-H/14 vision, 2.53 GB fp32 (1.26 GB fp16)
 }
 
 
-@pytest.fixture(scope="module", params=["modelscope", "animatediff", "wan", "cogvideox_2b", "cogvideox_5b"])
+@pytest.fixture(scope="module",
+                params=["modelscope", "animatediff", "svd", "wan", "cogvideox_2b", "cogvideox_5b"])
 def parts(request):
     return request.param, real_size_parts(request.param)
 
@@ -92,4 +97,36 @@ def test_dit_memory_estimate_traces_a_step_and_counts_the_meta_weights():
     # a small video: rotary embeddings, the guided steps and the causal decode all traced; the
     # step with gradients and the decode hold more than the no-gradient step before them
     traced = estimate("cogvideox_5b", parts, 5, 32, 48, 1, True, "all")
+    assert 0 < traced["no_grad_step_gib"] < traced["activations_gib"]
+
+
+def test_svd_counts_and_lora_follow_the_configs():
+    """Our build's exact counts (the figures in configs/SOURCES.md and docs/performance.md), and
+    the LoRA count derived from the UNet config: every layer with attention has a spatial and a
+    temporal transformer block, each with self-attention (r * 2 * width per projection, 4
+    projections) and cross-attention to the 1024-wide image embedding (to_k and to_v take 1024)."""
+    parts = real_size_parts("svd")
+    assert tuple(count(parts[k]) for k in ("unet", "vae", "image_encoder")) == \
+        (1_524_623_082, 97_742_847, 632_076_800)
+    config, r = load_config("svd_xt_unet"), 16
+    widths = config["block_out_channels"]
+    n = config["layers_per_block"]
+    # down blocks 0-2 and up blocks 1-3 have attention (n and n + 1 layers), the mid block one
+    layers = [w for w in widths[:3] for _ in range(n)] + [widths[-1]] + \
+        [w for w in reversed(widths[:3]) for _ in range(n + 1)]
+    ctx = config["cross_attention_dim"]
+    per_block = [r * (4 * 2 * w) + r * (2 * w + 2 * (ctx + w) + 2 * w) for w in layers]
+    assert lora_count(parts["unet"]) == 2 * sum(per_block) == 6_639_616
+
+
+def test_svd_memory_estimate_traces_a_step_without_an_image():
+    """The meta trace builds SVD's conditioning itself (no first-frame file) and counts the
+    frozen weights in their conf dtypes: UNet and image encoder bf16, temporal VAE float32."""
+    from benchmarks.memory_estimate import GiB, estimate, weight_gib
+    from backbones.sizes import real_size_backbone
+    backbone = real_size_backbone("svd", "meta", "bf16")
+    frozen, lora = weight_gib(backbone)
+    assert frozen == pytest.approx(((1_524_623_082 + 632_076_800) * 2 + 97_742_847 * 4) / GiB)
+    assert lora == pytest.approx(6_639_616 * 16 / GiB)
+    traced = estimate(backbone, 2, 64, 64, 1, "random")
     assert 0 < traced["no_grad_step_gib"] < traced["activations_gib"]
