@@ -104,7 +104,7 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
     if backbone in DIT_CONFIGS:
         return real_size_dit(backbone, device, dtype, lora_rank, checkpoint_blocks, vae_dtype)
     if backbone == "svd":
-        return real_size_svd(device, dtype, lora_rank, vae_dtype)
+        return real_size_svd(device, dtype, lora_rank, vae_dtype, checkpoint_blocks)
     weights = parse_dtype(dtype, "dtype")
     with torch.device(device):
         if backbone in ("modelscope", "videocrafter2"):  # VideoCrafter2: ModelScope's + fps embedding
@@ -137,12 +137,13 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
         checkpoint_blocks=checkpoint_blocks)
 
 
-def real_size_svd(device: str, dtype: str = "bf16", lora_rank: int = 16, vae_dtype: str | None = None):
+def real_size_svd(device: str, dtype: str = "bf16", lora_rank: int = 16, vae_dtype: str | None = None,
+                  checkpoint_blocks: bool = True):
     """Stable Video Diffusion XT as an SVDBackbone at published size with random weights, built
     directly on `device`: UNet and image encoder in `dtype`, the temporal VAE in `vae_dtype`
     (default float32, as conf/backbone/svd.yaml: the VAE config asks for `force_upcast`). Like the
-    conf it decodes each video in one chunk (`decode_chunk` null), and checkpoints whole sampler
-    steps (SVDBackbone has no per-block checkpointing). A fresh CLIPImageProcessor stands in for
+    conf it decodes each video in one chunk (`decode_chunk` null); `checkpoint_blocks`: each layer
+    of the UNet's blocks, or whole sampler steps. A fresh CLIPImageProcessor stands in for
     the checkpoint's feature extractor: it holds no weights."""
     import torch
     from transformers import CLIPImageProcessor
@@ -161,7 +162,7 @@ def real_size_svd(device: str, dtype: str = "bf16", lora_rank: int = 16, vae_dty
                        vae=vae.to(device, parse_dtype(vae_dtype or "fp32", "vae_dtype")),
                        image_encoder=image_encoder.to(device, weights),
                        feature_extractor=CLIPImageProcessor(),
-                       scheduler_config=scheduler, lora_rank=lora_rank)
+                       scheduler_config=scheduler, lora_rank=lora_rank, checkpoint_blocks=checkpoint_blocks)
 
 
 # Scheduler configs for the diffusion transformers' real-size builds (the backbones take these

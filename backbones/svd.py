@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from backbones.lora import PeftLora
+from backbones.video_unet import checkpoint_layers
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -54,8 +55,14 @@ class SVDBackbone(PeftLora):
                  motion_bucket_id: int = 127, noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0,
                  decode_chunk: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-                 gradient_checkpointing: bool = True) -> None:
+                 gradient_checkpointing: bool = True, checkpoint_blocks: bool = True) -> None:
         self.name, self.unet, self.vae = name, unet, vae
+        # Each layer of the UNet's blocks checkpointed on its own (the UNet backbones' wrapper): a
+        # step with gradients then holds one layer's activations at a time, not the whole UNet's
+        # (diffusers' own SVD checkpointing covers only its resnets).
+        self.checkpoint_blocks = checkpoint_blocks and gradient_checkpointing
+        if self.checkpoint_blocks:
+            checkpoint_layers(unet)
         # The conditioning encoder sits where the text backbones keep theirs (frozen_state_dict).
         self.text_encoder, self.feature_extractor = image_encoder, feature_extractor
         self.scheduler_config = dict(scheduler_config)
@@ -214,7 +221,7 @@ def svd(pretrained: str = "stabilityai/stable-video-diffusion-img2vid-xt", revis
         motion_bucket_id: int = 127, noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0,
         decode_chunk: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
         lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-        gradient_checkpointing: bool = True) -> SVDBackbone:
+        gradient_checkpointing: bool = True, checkpoint_blocks: bool = True) -> SVDBackbone:
     """SVD from a hub id or a local folder in the diffusers layout (unet/, vae/, image_encoder/,
     feature_extractor/, scheduler/)."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -238,4 +245,5 @@ def svd(pretrained: str = "stabilityai/stable-video-diffusion-img2vid-xt", revis
         scheduler_config=load_scheduler_config(sources["scheduler"]), fps=fps, motion_bucket_id=motion_bucket_id,
         noise_aug_strength=noise_aug_strength, min_guidance_scale=min_guidance_scale, decode_chunk=decode_chunk,
         lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
-        lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing)
+        lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing,
+        checkpoint_blocks=checkpoint_blocks)

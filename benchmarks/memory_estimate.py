@@ -169,7 +169,7 @@ def main() -> None:
                     help="frames decoded for the reward: all, random (one) or n (every n-th)")
     ap.add_argument("--checkpoint", nargs="+", default=["step", "blocks"], choices=["step", "blocks"],
                     help="checkpoint the whole UNet step, or each layer of its blocks "
-                         "(backbone.checkpoint_blocks=true; svd has only whole steps)")
+                         "(backbone.checkpoint_blocks=true)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--margin", type=float, default=1.2, help="allocator and workspace factor")
@@ -179,9 +179,7 @@ def main() -> None:
     from backbones.sizes import real_size_backbone
 
     rows = []
-    # SVDBackbone checkpoints whole sampler steps only; a "blocks" row would repeat the "step" one
-    for name, mode in ((n, m) for n, m in itertools.product(args.backbone, args.checkpoint)
-                       if n != "svd" or m == "step"):
+    for name, mode in itertools.product(args.backbone, args.checkpoint):
         backbone = real_size_backbone(name, "meta", args.dtype, lora_rank=args.lora_rank,
                                       checkpoint_blocks=mode == "blocks")
         frozen, lora = weight_gib(backbone)

@@ -104,6 +104,26 @@ def test_only_lora_trains_and_its_gradient_arrives_and_round_trips(folders, back
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
 
+def test_checkpointing_each_layer_gives_the_same_lora_gradients(folders):
+    prompts = read_folder(folders["frames"], "path")[:1]
+    grads = []
+    for blocks in (False, True):
+        backbone = svd(str(folders["svd"]), unet_dtype="fp32", image_encoder_dtype="fp32", noise_aug_strength=0.0,
+                       checkpoint_blocks=blocks)
+        assert backbone.checkpoint_blocks == blocks
+        model = backbone.trainable_module()
+        with torch.no_grad():  # the same LoRA in both (peft draws lora_A from the global generator)
+            for i, (n, p) in enumerate(model.named_parameters()):
+                if "lora_" in n:
+                    p.normal_(0, 0.05, generator=torch.Generator().manual_seed(i))
+        noise = make_noise(backbone.latent_shape(1, 3, 32, 32), [1])
+        latents = sample(backbone, model, prompts, noise, num_inference_steps=3, guidance_scale=3.0, cutoff=1)
+        backbone.decode(latents).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
 def test_reward_gradients_train_svd_from_first_frames(folders, make_trainer, tmp_path):
     trainer = make_trainer("backbone=svd", f"backbone.pretrained={folders['svd']}", "backbone.unet_dtype=fp32",
                            "backbone.image_encoder_dtype=fp32", "prompt_fn=images",
