@@ -158,6 +158,14 @@ def weight_gib(backbone) -> tuple[float, float]:
     return frozen / GiB, lora * 4 * 4 / GiB  # float32 weight, gradient, two AdamW moments
 
 
+def write_json(args: argparse.Namespace, rows: list[dict]) -> None:
+    """The rows and the arguments that made them, to `--json` when given."""
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"date": str(datetime.date.today()), "args": vars(args) | {
+            "json": str(args.json)}, "rows": rows}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backbone", nargs="+", default=["modelscope"],
@@ -202,10 +210,7 @@ def main() -> None:
               f"{r['decoded']:>7} "
               f"{r['weights_gib'] + r['lora_and_adam_gib']:>8.2f} {r['activations_gib']:>7.2f} "
               f"{r['total_gib']:>9.2f}  {', '.join(map(str, r['fits'])) or 'none of ' + str(CARDS)}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"date": str(datetime.date.today()), "args": vars(args) | {
-            "json": str(args.json)}, "rows": rows}, indent=2))
+    write_json(args, rows)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from benchmarks.memory_estimate import CARDS, GiB, LiveBytes, fused_sdpa
+from benchmarks.memory_estimate import CARDS, GiB, LiveBytes, fused_sdpa, write_json
 
 DEFAULT_CASES = ("wan:33x240x416", "wan:81x480x832", "cogvideox_2b:49x480x720",
                  "cogvideox_5b:49x480x720")
@@ -177,10 +176,7 @@ def main() -> None:
               f"| {r['activations_gib']:.2f} | {r['total_gib']:.2f} | {fits(r['total_gib'], args.margin)} "
               f"| {r['total_with_text_encoder_gib']:.2f} "
               f"| {fits(r['total_with_text_encoder_gib'], args.margin)} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"date": str(datetime.date.today()), "args": vars(args) | {
-            "json": str(args.json)}, "rows": rows}, indent=2))
+    write_json(args, rows)
 
 
 if __name__ == "__main__":
