@@ -37,10 +37,10 @@ from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoX
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from backbones.ddpm import DDPMProcess
 from backbones.dit import TransformerBackbone, check_frames_count, load_parts
+from backbones.video_unet import decode_checkpointed
 
 
 class ZeroSNRDDIMScheduler(DDIMScheduler):
@@ -84,6 +84,8 @@ class CogVideoXBackbone(DDPMProcess, TransformerBackbone):
         self.name = name
         self.transformer, self.vae, self.text_encoder, self.tokenizer = transformer, vae, text_encoder, tokenizer
         self.scheduler_config = dict(scheduler_config)
+        # The noise levels never change, a scheduler's state does: built once, a scheduler per call.
+        self._levels = CogVideoXDDIMScheduler.from_config(self.scheduler_config)
         self.prediction_type = self.scheduler_config.get("prediction_type", "v_prediction")
         self._setup(lora_rank, lora_alpha, lora_target_modules, lora_dropout, gradient_checkpointing,
                     checkpoint_blocks, text_encoder_offload, prompt_cache_size)
@@ -141,12 +143,9 @@ class CogVideoXBackbone(DDPMProcess, TransformerBackbone):
         docstring)."""
         z = latents.to(self.vae.dtype) / self.scaling_factor
         if frame_index is not None:
-            needed = (int(frame_index.max()) + self.temporal - 1) // self.temporal + 1
+            needed = self.latents_reaching(frame_index)
             z = z[:, :, :max(needed + (needed + 1) % 2, min(3, z.shape[2]))]
-        if self.gradient_checkpointing and z.requires_grad:
-            video = checkpoint(self._decode, z, use_reentrant=False)
-        else:
-            video = self._decode(z)
+        video = decode_checkpointed(self._decode, z, self.gradient_checkpointing)
         frames = (video.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
         return frames if frame_index is None else frames[:, frame_index.to(frames.device)]
 
@@ -162,8 +161,6 @@ class CogVideoXBackbone(DDPMProcess, TransformerBackbone):
         return z.float() * self.scaling_factor
 
     def make_scheduler(self) -> DDIMScheduler:
-        if not hasattr(self, "_levels"):  # built once: the levels never change, a scheduler's state does
-            self._levels = CogVideoXDDIMScheduler.from_config(self.scheduler_config)
         return shifted_ddim(self.scheduler_config, self._levels)
 
 

@@ -16,15 +16,11 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from backbones.loading import (check_sources, load_part, load_scheduler_config, parse_dtype, part_source,
                                text_vae_sources)
-from backbones.lora import PeftLora
-
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
-
+from backbones.lora import PeftLora, add_lora
 
 def check_frames_count(num_frames: int, temporal: int) -> None:
     if num_frames < 1 or (num_frames - 1) % temporal:
@@ -53,14 +49,8 @@ class TransformerBackbone(PeftLora):
         for module in (self.transformer, self.vae, self.text_encoder):
             module.requires_grad_(False)
             module.eval()
-        self.lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank,
-                                      init_lora_weights="gaussian", lora_dropout=lora_dropout,
-                                      target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
-        inject_adapter_in_model(self.lora_config, self.transformer)
-        self.transformer.eval()
-        for p in self.transformer.parameters():
-            if p.requires_grad:  # LoRA in float32 whatever the frozen weights' dtype
-                p.data = p.data.float()
+        self.lora_config = add_lora(self.name, self.transformer, lora_rank, lora_alpha, lora_target_modules,
+                                    lora_dropout)
         if checkpoint_blocks and gradient_checkpointing:
             # diffusers checkpoints each transformer block (non-reentrant) while gradients are on;
             # the sampler then leaves whole steps unwrapped (`checkpoint_blocks` in the protocol).
@@ -131,6 +121,11 @@ class TransformerBackbone(PeftLora):
     def latent_frames(self, num_frames: int) -> int:
         return (num_frames - 1) // self.temporal + 1
 
+    def latents_reaching(self, frame_index: torch.Tensor) -> int:
+        """How many latent frames reach the last video frame in `frame_index`: latent frame 0 is
+        video frame 0, latent frame k >= 1 frames temporal (k − 1) + 1 .. temporal k."""
+        return (int(frame_index.max()) + self.temporal - 1) // self.temporal + 1
+
     def check_size(self, height: int, width: int, patch: int, example: str = "") -> None:
         """Height and width multiples of the VAE's spatial factor times the transformer's patch."""
         m = self.spatial * patch
@@ -142,7 +137,6 @@ class TransformerBackbone(PeftLora):
         self.check_video(num_frames, height, width)
         return (batch, self.transformer.config.in_channels, self.latent_frames(num_frames),
                 height // self.spatial, width // self.spatial)
-
 
 
 def load_parts(pretrained: str, revision: str | None, folders: dict[str, str | None],

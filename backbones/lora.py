@@ -6,7 +6,33 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import nn
+
+# Diffusers' attention projections; LoRA there is what VADER and the diffusers trainers adapt.
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def add_lora(name: str, model: nn.Module, rank: int, alpha: float | None,
+             target_modules: list[str] | None, dropout: float) -> LoraConfig:
+    """Put peft LoRA layers into the frozen `model` (injected directly: not every diffusers model
+    has `add_adapter`) and return their config. peft marks only the new parameters trainable; they
+    stay float32 whatever the frozen weights' dtype, so small updates are not rounded away. Dropout
+    on the LoRA input acts only while the trainer's step runs (the model stays in eval mode;
+    vader.evaluation.evaluate.set_lora_dropout switches it)."""
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
+                        target_modules=list(target_modules or DEFAULT_LORA_TARGETS), lora_dropout=dropout)
+    try:
+        inject_adapter_in_model(config, model)
+    except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+        raise ValueError(f"backbone {name!r}: lora_target_modules={list(config.target_modules)} matched "
+                         f"no layer ({err}); the default {list(DEFAULT_LORA_TARGETS)} targets attention") from err
+    model.eval()  # peft's new LoRA dropout modules start in train mode
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return config
 
 
 class PeftLora:

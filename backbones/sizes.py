@@ -126,9 +126,10 @@ def real_size_backbone(backbone: str, device: str, dtype: str = "bf16", lora_ran
             scheduler, overrides = ("euler", {"timestep_spacing": "trailing", "beta_schedule": "linear"}) \
                 if backbone == "animatediff_lightning" else ("ddim", ANIMATEDIFF_SCHEDULER)
     weights_vae = parse_dtype(vae_dtype, "vae_dtype") if vae_dtype else weights
+    backbone_class = VideoUNetBackbone
     if backbone == "videocrafter2":
-        from backbones.videocrafter2 import VideoCrafter2Backbone as VideoUNetBackbone  # its scaled DDIM
-    return VideoUNetBackbone(
+        from backbones.videocrafter2 import VideoCrafter2Backbone as backbone_class  # its scaled DDIM
+    return backbone_class(
         name=backbone, unet=unet.to(weights), vae=vae.to(weights_vae),
         text_encoder=text_encoder.to(weights), tokenizer=byte_level_tokenizer(77),
         scheduler_config={k: v for k, v in config.items() if not k.startswith("_")},
@@ -259,7 +260,7 @@ def add_lora(model: nn.Module, rank: int = 16) -> nn.Module:
     UNets and the diffusion transformers name their projections alike (to_q/to_k/to_v/to_out.0)."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    from backbones.video_unet import DEFAULT_LORA_TARGETS
+    from backbones.lora import DEFAULT_LORA_TARGETS
     with init_empty_weights():
         return inject_adapter_in_model(LoraConfig(r=rank, target_modules=list(DEFAULT_LORA_TARGETS)), model)
 

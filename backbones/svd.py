@@ -34,15 +34,10 @@ from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
                        UNetSpatioTemporalConditionModel)
 from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
 from diffusers.video_processor import VideoProcessor
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from backbones.lora import PeftLora
-from backbones.video_unet import checkpoint_layers
-
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-
+from backbones.lora import PeftLora, add_lora
+from backbones.video_unet import checkpoint_layers, decode_checkpointed
 
 class SVDBackbone(PeftLora):
     """First frame -> CLIP image embedding + image latents -> spatio-temporal UNet (v) -> temporal VAE."""
@@ -77,14 +72,7 @@ class SVDBackbone(PeftLora):
         for module in (unet, vae, image_encoder):
             module.requires_grad_(False)
             module.eval()
-        self.lora_config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, lora_dropout=lora_dropout,
-                                      init_lora_weights="gaussian",
-                                      target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS))
-        inject_adapter_in_model(self.lora_config, self.unet)
-        self.unet.eval()
-        for p in self.unet.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+        self.lora_config = add_lora(name, self.unet, lora_rank, lora_alpha, lora_target_modules, lora_dropout)
 
     # --- sizes -----------------------------------------------------------------------------
     def check_video(self, num_frames: int, height: int, width: int) -> None:
@@ -179,15 +167,8 @@ class SVDBackbone(PeftLora):
         (default: all at once), then the frames asked for."""
         z = latents.permute(0, 2, 1, 3, 4).to(self.vae.dtype) / self.vae.config.scaling_factor
         chunk = self.decode_chunk or z.shape[1]
-        videos = []
-        for video in z:
-            parts = []
-            for piece in video.split(chunk):
-                if self.gradient_checkpointing and piece.requires_grad:
-                    parts.append(checkpoint(self._decode, piece, use_reentrant=False))
-                else:
-                    parts.append(self._decode(piece))
-            videos.append(torch.cat(parts))
+        videos = [torch.cat([decode_checkpointed(self._decode, piece, self.gradient_checkpointing)
+                             for piece in video.split(chunk)]) for video in z]
         frames = (torch.stack(videos).float() / 2 + 0.5).clamp(0, 1)
         return frames if frame_index is None else frames[:, frame_index.to(frames.device)]
 

@@ -13,15 +13,12 @@ import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler,
                        EulerDiscreteScheduler)
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from backbones.ddpm import DDPMProcess
-from backbones.lora import PeftLora
+from backbones.lora import PeftLora, add_lora
 
-# Diffusers' attention projections; LoRA there is what VADER and the diffusers trainers adapt.
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 # ddim: DDIM (eta > 0 adds noise); dpmsolver: DPM-Solver++ multistep (VADER's ModelScope
 # default); euler: Euler discrete, which AnimateDiff-Lightning's few-step modules were distilled for.
 SCHEDULERS = {"ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler,
@@ -53,6 +50,14 @@ def checkpoint_layers(unet: nn.Module) -> int:
     for layer in layers:
         layer.forward = _checkpointed(layer.forward)
     return len(layers)
+
+
+def decode_checkpointed(decode, z: torch.Tensor, enabled: bool) -> torch.Tensor:
+    """`decode(z)`, under non-reentrant checkpointing when `enabled` and `z` carries gradients:
+    the decoder's activations are then recomputed in backward instead of kept."""
+    if enabled and z.requires_grad:
+        return checkpoint(decode, z, use_reentrant=False)
+    return decode(z)
 
 
 def _checkpointed(forward):
@@ -106,25 +111,7 @@ class VideoUNetBackbone(DDPMProcess, PeftLora):
         # Processors only compute; the projections (and the LoRA layers peft puts there) stay.
         for module in (unet, vae):
             module.set_attn_processor(ATTENTION[attention]())
-        # peft marks only the new LoRA parameters trainable; they stay float32 whatever the
-        # dtype of the frozen weights, so small updates are not rounded away.
-        # (diffusers' UNet3DConditionModel has no `add_adapter`, so peft injects directly.)
-        self.lora_config = LoraConfig(
-            r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
-            target_modules=list(lora_target_modules or DEFAULT_LORA_TARGETS),
-            # Dropout on the LoRA input acts only while the trainer's step runs (the frozen
-            # modules stay in eval mode; vader.evaluation.evaluate.set_lora_dropout switches it).
-            lora_dropout=lora_dropout)
-        try:
-            inject_adapter_in_model(self.lora_config, self.unet)
-        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-            raise ValueError(f"backbone {name!r}: lora_target_modules="
-                             f"{list(self.lora_config.target_modules)} matched no layer ({err}); "
-                             f"the default {list(DEFAULT_LORA_TARGETS)} targets attention") from err
-        self.unet.eval()  # peft's new LoRA dropout modules start in train mode
-        for p in self.unet.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()
+        self.lora_config = add_lora(name, self.unet, lora_rank, lora_alpha, lora_target_modules, lora_dropout)
 
     # --- sizes -----------------------------------------------------------------------------
     @property
@@ -217,10 +204,7 @@ class VideoUNetBackbone(DDPMProcess, PeftLora):
         for part in flat.split(self.decode_chunk):
             # Checkpointing each chunk keeps decoder activations for one chunk at a time, so
             # memory follows the number of frames scored, not the decoder's depth times frames.
-            if self.gradient_checkpointing and part.requires_grad:
-                chunks.append(checkpoint(self._decode_chunk, part, use_reentrant=False))
-            else:
-                chunks.append(self._decode_chunk(part))
+            chunks.append(decode_checkpointed(self._decode_chunk, part, self.gradient_checkpointing))
         frames = torch.cat(chunks).float().reshape(b, t, -1, *chunks[0].shape[-2:])
         return (frames / 2 + 0.5).clamp(0, 1)
 

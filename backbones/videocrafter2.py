@@ -32,7 +32,6 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 from backbones.video_unet import VideoUNetBackbone, check_attention
 
-CONFIGS = Path(__file__).parent / "configs"
 # configs/inference_t2v_512_v2.0.yaml: use_scale true, scale_b 0.7; ddpm3d.py: scale_a 1, the ramp
 # over mid_step = 400 timesteps, then scale_b (docs/design/videocrafter2.md section 5).
 SCALE_B, SCALE_RAMP = 0.7, 400
@@ -57,9 +56,10 @@ class FpsUNet3DConditionModel(UNet3DConditionModel):
         return emb + self.fps_embedding(self.time_proj(fps).to(weight.dtype)).to(emb.dtype)
 
 
+@functools.lru_cache
 def scale_levels(num_train_timesteps: int = 1000) -> torch.Tensor:
     """s_t for t = 0 .. num_train_timesteps − 1: 1 falling linearly to SCALE_B over SCALE_RAMP
-    timesteps, then SCALE_B."""
+    timesteps, then SCALE_B. Built once per length (callers must not modify it)."""
     ramp = torch.linspace(1.0, SCALE_B, SCALE_RAMP, dtype=torch.float64)
     return torch.cat([ramp, torch.full((max(0, num_train_timesteps - SCALE_RAMP),), SCALE_B,
                                        dtype=torch.float64)])[:num_train_timesteps].float()
@@ -71,7 +71,7 @@ class ScaledDDIMScheduler(DDIMScheduler):
     it (lvdm/models/samplers/ddim.py); the returned x0 is x̂0 / s_t. The last step's s_prev is
     s_0 = 1."""
 
-    @functools.cached_property
+    @property
     def scale_levels(self) -> torch.Tensor:
         return scale_levels(self.config.num_train_timesteps)
 
@@ -114,9 +114,8 @@ class VideoCrafter2Backbone(VideoUNetBackbone):
 
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """sqrt(ᾱ_t) s_t x0 + sqrt(1 − ᾱ_t) ε: the process VideoCrafter2 was trained on."""
-        alpha = self._alphas(t, latents)
-        s = scale_levels()[t.cpu().long()].to(latents.device).reshape(alpha.shape)
-        return alpha ** 0.5 * s * latents + (1 - alpha) ** 0.5 * noise
+        s = scale_levels(self.scheduler_config.get("num_train_timesteps", 1000))[t.cpu().long()]
+        return super().add_noise(latents * s.to(latents).reshape(-1, *([1] * (latents.ndim - 1))), noise, t)
 
     def training_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.prediction_type != "epsilon":  # v has no meaning under the scaled process
@@ -126,7 +125,10 @@ class VideoCrafter2Backbone(VideoUNetBackbone):
 
 
 def config(name: str) -> dict[str, Any]:
-    return {k: v for k, v in json.loads((CONFIGS / name).read_text()).items() if k != "_class_name"}
+    """A sourced configuration of backbones/configs/ as constructor arguments."""
+    from backbones.sizes import load_config
+
+    return {k: v for k, v in load_config(name).items() if k != "_class_name"}
 
 
 def build_parts(unet_config: dict[str, Any], vae_config: dict[str, Any], text_config: dict[str, Any],
@@ -185,8 +187,8 @@ def videocrafter2(checkpoint: str = "VideoCrafter/VideoCrafter2", filename: str 
         raise FileNotFoundError(f"backbone.architecture={architecture!r}: no such file (a JSON file of "
                                 "the unet, vae and text_encoder configurations; null: the published ones)")
     configs = json.loads(Path(architecture).expanduser().read_text()) if architecture else {
-        "unet": config("modelscope_unet.json"), "vae": config("modelscope_vae.json"),
-        "text_encoder": config("modelscope_text_encoder.json")}
+        "unet": config("modelscope_unet"), "vae": config("modelscope_vae"),
+        "text_encoder": config("modelscope_text_encoder")}
     dtypes = {"unet": parse_dtype(unet_dtype, "backbone.unet_dtype"),
               "vae": parse_dtype(vae_dtype, "backbone.vae_dtype"),
               "text_encoder": parse_dtype(text_encoder_dtype, "backbone.text_encoder_dtype")}
@@ -200,7 +202,7 @@ def videocrafter2(checkpoint: str = "VideoCrafter/VideoCrafter2", filename: str 
     tok = load_part(CLIPTokenizer, words)
     tok.pad_token = tok.convert_ids_to_tokens(0)  # open_clip.tokenize pads with id 0
     return VideoCrafter2Backbone(
-        name="videocrafter2", **parts, tokenizer=tok, scheduler_config=config("modelscope_scheduler.json"),
+        name="videocrafter2", **parts, tokenizer=tok, scheduler_config=config("modelscope_scheduler"),
         scheduler="ddim", lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_target_modules=lora_target_modules, lora_dropout=lora_dropout, decode_chunk=decode_chunk,
         gradient_checkpointing=gradient_checkpointing, attention=attention,

@@ -26,10 +26,11 @@ import torch
 from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler,
                        UniPCMultistepScheduler, WanTransformer3DModel)
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from backbones.loading import Source, fetch_file
 from backbones.dit import TransformerBackbone, check_frames_count, load_parts
+from backbones.loading import Source, fetch_file
+from backbones.video_unet import decode_checkpointed
+
 # flow_euler: FlowMatchEulerDiscreteScheduler (the one step the stochastic sampler's flow SDE
 # generalises); unipc: UniPCMultistepScheduler with flow sigmas, WanPipeline's shipped default.
 SCHEDULERS = ("flow_euler", "unipc")
@@ -103,13 +104,10 @@ class WanBackbone(TransformerBackbone):
         """Frames (B, F, 3, H, W) in [0, 1]; with `frame_index`, only the latent prefix reaching
         the last frame asked for is decoded (exact for the causal VAE), then those frames."""
         z = latents.to(self.vae.dtype)
-        if frame_index is not None:  # video frame f needs latent frames 0 .. ceil(f / 4)
-            z = z[:, :, :(int(frame_index.max()) + self.temporal - 1) // self.temporal + 1]
+        if frame_index is not None:
+            z = z[:, :, :self.latents_reaching(frame_index)]
         z = z * self.latents_std.to(z) + self.latents_mean.to(z)
-        if self.gradient_checkpointing and z.requires_grad:
-            video = checkpoint(self._decode, z, use_reentrant=False)
-        else:
-            video = self._decode(z)
+        video = decode_checkpointed(self._decode, z, self.gradient_checkpointing)
         frames = (video.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
         return frames if frame_index is None else frames[:, frame_index.to(frames.device)]
 

@@ -41,11 +41,11 @@ def test_every_official_key_is_converted_or_knowingly_dropped():
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with init_empty_weights():
-        unet = FpsUNet3DConditionModel(**config("modelscope_unet.json"))
-        vae = AutoencoderKL(**config("modelscope_vae.json"))
-        text = CLIPTextModel(CLIPTextConfig(**config("modelscope_text_encoder.json")))
+        unet = FpsUNet3DConditionModel(**config("modelscope_unet"))
+        vae = AutoencoderKL(**config("modelscope_vae"))
+        text = CLIPTextModel(CLIPTextConfig(**config("modelscope_text_encoder")))
     state = {k: torch.empty(shape, device="meta") for k, shape in OFFICIAL.items()}
-    converted = convert_checkpoint(state, config("modelscope_vae.json"), text)
+    converted = convert_checkpoint(state, config("modelscope_vae"), text)
     for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text)):
         ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in converted[name].items()}
@@ -55,7 +55,7 @@ def test_every_official_key_is_converted_or_knowingly_dropped():
     assert sum(p.numel() for p in unet.fps_embedding.parameters()) == 2_050_560
     assert len(dropped_text_keys(23)) == 14 and all(k in OFFICIAL for k in dropped_text_keys(23))
     with pytest.raises(ValueError, match="not a VideoCrafter checkpoint: 1 keys"):
-        convert_checkpoint({**state, "model_ema.decay": torch.empty(())}, config("modelscope_vae.json"), text)
+        convert_checkpoint({**state, "model_ema.decay": torch.empty(())}, config("modelscope_vae"), text)
 
 
 def test_a_tiny_checkpoint_in_the_official_layout_loads_weight_for_weight(tiny):
@@ -114,7 +114,7 @@ def reference_step(eps: torch.Tensor, x: torch.Tensor, i: int, taus: list[int], 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_the_scaled_ddim_step_is_videocrafters(eta):
     """Every step of 25 (a count dividing 1000: VideoCrafter's timesteps range(0, 1000, 40) + 1)."""
-    scheduler = ScaledDDIMScheduler.from_config(config("modelscope_scheduler.json"))
+    scheduler = ScaledDDIMScheduler.from_config(config("modelscope_scheduler"))
     scheduler.set_timesteps(25)
     taus = list(range(0, 1000, 40))
     assert [int(t) for t in scheduler.timesteps] == [t + 1 for t in reversed(taus)]
@@ -136,7 +136,7 @@ def test_grpo_records_the_scaled_step_it_samples():
     own step with eta and that noise, so GRPO's log-probabilities describe the samples."""
     from vader.sampling.stochastic import DDIMStep
 
-    scheduler = ScaledDDIMScheduler.from_config(config("modelscope_scheduler.json"))
+    scheduler = ScaledDDIMScheduler.from_config(config("modelscope_scheduler"))
     scheduler.set_timesteps(10)
     kernel = DDIMStep(scheduler, 1.0)
     g = torch.Generator().manual_seed(0)

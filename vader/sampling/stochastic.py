@@ -151,15 +151,14 @@ class FlowSDEStep:
 def step_kernel(scheduler: Any, eta: float) -> StepKernel:
     """The kernel for `scheduler` (whose timesteps are set): the flow SDE step for flow matching's
     Euler scheduler, DDIM's otherwise (which refuses schedulers it cannot use)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         return FlowSDEStep(scheduler, eta)
-    config = scheduler.config
-    if type(scheduler).__name__ == "EulerDiscreteScheduler":
+    if isinstance(scheduler, EulerDiscreteScheduler):
         raise ValueError("the stochastic sampler has no step for EulerDiscreteScheduler (SVD's EDM sampler, "
                          "AnimateDiff-Lightning's) yet; a backbone with a DDIM option takes backbone.scheduler=ddim")
-    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+    if scheduler.config.get("use_flow_sigmas") or scheduler.config.get("prediction_type") == "flow_prediction":
         raise ValueError(f"the stochastic sampler's flow SDE step generalises the Euler step, not "
                          f"{type(scheduler).__name__}; set backbone.scheduler=flow_euler")
     return DDIMStep(scheduler, eta)
