@@ -21,12 +21,25 @@ the whole video, as the pipeline with decode_chunk_size = num_frames), so a fram
 chunk; `decode` decodes whole chunks and then picks the frames asked for (exact: the frames of a
 whole decode).
 
-Not built: SFT and DPO (SVD was trained with EDM's noise distribution and loss weighting, which
-the protocol's discrete-timestep forward process does not express), GRPO (it needs a stochastic
-step for the EDM Euler scheduler), long videos. Each is refused with the reason.
+Training on data (SFT, DPO; `dataset=image_video`, or any clip dataset, whose first frames then
+condition): SVD was trained with EDM (Karras et al. 2022): noise levels σ with ln σ ~ N(P_mean,
+P_std²), the network given c_noise = ln(σ)/4 and the input (x0 + σε)/sqrt(σ² + 1), the loss
+λ(σ)·|D(x) − x0|² with λ = (σ² + 1)/σ². Written as our protocol's forward process that is
+v-prediction on ᾱ = 1/(1 + σ²): `add_noise` gives the scaled input, `training_target` the v that
+makes D(x) = x0, and the EDM weighting is exactly the unweighted error on v (λ·c_out² = 1), so
+the shared denoising loss trains SVD as its fine-tuning scripts do. `training_timestep` draws
+c_noise with P_mean = 0.7, P_std = 1.6, the values of the public SVD fine-tuning scripts
+(pixeli99/SVD_Xtend `train_svd.py`, `rand_log_normal(loc=0.7, scale=1.6)`); the SVD paper's own
+fine-tuning values were not found. The first frame's latents get the pipeline's fixed
+`noise_aug_strength` (SVD_Xtend draws it per sample), so training sees what sampling sees.
+
+GRPO: the stochastic sampler's EDM step (vader.sampling.stochastic.EulerAncestralStep).
+Not built: long videos on SVD (its first-frame conditioning has no window rule).
 """
 from __future__ import annotations
 
+import zlib
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -39,16 +52,23 @@ from torch import nn
 from backbones.lora import PeftLora, add_lora
 from backbones.video_unet import checkpoint_layers, decode_checkpointed
 
+PIXEL_IMAGES = 256  # first frames held in memory (training samples' own), least recently used dropped
+
+
 class SVDBackbone(PeftLora):
     """First frame -> CLIP image embedding + image latents -> spatio-temporal UNet (v) -> temporal VAE."""
 
     prediction_type = "v_prediction"
     lora_prefix = "unet"
+    conditioning = "image"  # the data stream hands its samples' first frames (vader.data.stream)
+    no_windows = ("it conditions every frame on the first frame and ramps guidance over the frames it "
+                  "sees, so each window would restart both")
 
     def __init__(self, name: str, unet: nn.Module, vae: AutoencoderKLTemporalDecoder, image_encoder: nn.Module,
                  feature_extractor: Any, scheduler_config: dict[str, Any], fps: int = 7,
                  motion_bucket_id: int = 127, noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0,
-                 decode_chunk: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
+                 decode_chunk: int | None = None, train_noise_mean: float = 0.7, train_noise_std: float = 1.6,
+                 lora_rank: int = 16, lora_alpha: float | None = None,
                  lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
                  gradient_checkpointing: bool = True, checkpoint_blocks: bool = True) -> None:
         self.name, self.unet, self.vae = name, unet, vae
@@ -64,10 +84,19 @@ class SVDBackbone(PeftLora):
         self.time_ids = [fps - 1, motion_bucket_id, noise_aug_strength]  # "conditioned on fps - 1"
         self.noise_aug_strength, self.min_guidance_scale = noise_aug_strength, min_guidance_scale
         self.decode_chunk, self.gradient_checkpointing = decode_chunk, gradient_checkpointing
+        if train_noise_std <= 0:
+            raise ValueError(f"backbone.train_noise_std={train_noise_std}: use a positive spread of ln σ (SVD: 1.6)")
+        self.train_noise_mean, self.train_noise_std = train_noise_mean, train_noise_std
         self.weight_dtype = unet.dtype
         self.spatial = 2 ** (len(vae.config.block_out_channels) - 1)
         self.processor = VideoProcessor(vae_scale_factor=self.spatial)
-        self._images: dict[str, int] = {}         # image path -> number, carried in the conditioning
+        # Each first frame gets a number, carried in the conditioning: image name -> number, and
+        # back to the path, or to the pixels for in-memory frames (a bounded few).
+        self._images: dict[str, int] = {}
+        self._keys: dict[int, str] = {}
+        self._next = 0
+        self._paths: dict[int, str] = {}
+        self._pixels: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._latents: dict[tuple[int, int, int], torch.Tensor] = {}
         for module in (unet, vae, image_encoder):
             module.requires_grad_(False)
@@ -96,11 +125,42 @@ class SVDBackbone(PeftLora):
         return self
 
     # --- conditioning ----------------------------------------------------------------------
-    @staticmethod
-    def _image(path: str):
+    def _number(self, prompt: str) -> int:
+        pixels = getattr(prompt, "pixels", None)
+        key = prompt.image if pixels is None else f"pixels:{prompt.image}"
+        if pixels is not None and key in self._images and not torch.equal(
+                self._pixels[self._images[key]], pixels.detach().float().cpu()):
+            del self._images[key]  # the name came back with other pixels: a new image, a new number
+        if key not in self._images:
+            number = self._images[key] = self._next  # never reused, so a stale number cannot alias
+            self._next += 1
+            self._keys[number] = key
+            if pixels is None:
+                self._paths[number] = prompt.image
+            else:
+                self._pixels[number] = pixels.detach().float().cpu()
+        number = self._images[key]
+        if number in self._pixels:
+            self._pixels.move_to_end(number)
+            while len(self._pixels) > PIXEL_IMAGES:  # a sample's frame is used within its step
+                old, _ = self._pixels.popitem(last=False)
+                del self._images[self._keys.pop(old)]
+                self._latents = {k: v for k, v in self._latents.items() if k[0] != old}
+        return number
+
+    def _pil(self, number: int):
         from PIL import Image
 
-        return Image.open(path).convert("RGB")
+        if number not in self._paths:
+            raise KeyError(f"first frame {number} is no longer held (more than {PIXEL_IMAGES} in-memory frames "
+                           "since it was encoded); encode its prompt again")
+        return Image.open(self._paths[number]).convert("RGB")
+
+    def _source(self, number: int) -> torch.Tensor:
+        """(1, 3, H, W) in [0, 1], the first frame of image `number` at its own size."""
+        if number in self._pixels:
+            return self._pixels[number][None]
+        return self.processor.numpy_to_pt(self.processor.pil_to_numpy(self._pil(number)))
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -115,14 +175,14 @@ class SVDBackbone(PeftLora):
             if not hasattr(prompt, "image"):
                 raise ValueError(f"backbone {self.name!r} makes videos from a first frame, and prompt {prompt!r} "
                                  "has none; use prompt_fn=images prompt_fn.path=<a folder of first frames>")
-            number = self._images.setdefault(prompt.image, len(self._images))
-            rows.append(torch.cat([self._embed(prompt), torch.tensor([float(number)], device=self.device)]))
+            number = self._number(prompt)
+            rows.append(torch.cat([self._embed(number), torch.tensor([float(number)], device=self.device)]))
         return torch.stack(rows)
 
-    def _embed(self, prompt: str) -> torch.Tensor:
+    def _embed(self, number: int) -> torch.Tensor:
         # As StableVideoDiffusionPipeline._encode_image: [0, 1] pixels, antialiased resize to the
         # encoder's size in [-1, 1], the feature extractor's normalisation only.
-        image = self.processor.numpy_to_pt(self.processor.pil_to_numpy(self._image(prompt.image)))
+        image = self._source(number)
         size = self.text_encoder.config.image_size
         image = (_resize_with_antialiasing(image * 2 - 1, (size, size)) + 1) / 2
         pixels = self.feature_extractor(images=image, do_normalize=True, do_center_crop=False, do_resize=False,
@@ -133,9 +193,14 @@ class SVDBackbone(PeftLora):
     def _image_latents(self, number: int, height: int, width: int) -> torch.Tensor:
         key = (number, height, width)
         if key not in self._latents:
-            path = next(p for p, n in self._images.items() if n == number)
-            image = self.processor.preprocess(self._image(path), height=height, width=width)
-            noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(number))
+            if number in self._pixels:  # a training sample's first frame, at the video's size
+                image = self.processor.preprocess(self._pixels[number][None], height=height, width=width)
+            else:  # as the pipeline: the PIL image resized to the video, then [-1, 1]
+                image = self.processor.preprocess(self._pil(number), height=height, width=width)
+            # Seeded by the image's name, so an image's conditioning does not depend on which
+            # images came before it.
+            seed = zlib.crc32(self._keys[number].encode())
+            noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
             image = (image + self.noise_aug_strength * noise).to(self.device, self.vae.dtype)
             with torch.no_grad():
                 self._latents[key] = self.vae.encode(image).latent_dist.mode()[0]
@@ -183,12 +248,26 @@ class SVDBackbone(PeftLora):
         z = (posterior.mode() if generator is None else posterior.sample(generator)).float()
         return (z * self.vae.config.scaling_factor).reshape(b, t, *z.shape[1:]).permute(0, 2, 1, 3, 4)
 
-    def _no_data_training(self, *args: Any) -> torch.Tensor:
-        raise ValueError(f"backbone {self.name!r}: training on data (SFT, DPO) is not built for SVD: it was "
-                         "trained with EDM's noise levels and loss weighting, which the discrete-timestep forward "
-                         "process does not express; use algorithm=reward_grad")
+    # --- training on data (EDM, as v-prediction on ᾱ = 1 / (1 + σ²); module docstring) ------
+    def training_timestep(self, generator: torch.Generator) -> float:
+        """c_noise = ln(σ)/4 with ln σ ~ N(train_noise_mean, train_noise_std²)."""
+        return 0.25 * (self.train_noise_mean + self.train_noise_std * float(torch.randn((), generator=generator)))
 
-    add_noise = training_target = _no_data_training
+    @staticmethod
+    def _sigma(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1).to(like.device, torch.float32)
+        return torch.exp(4 * t).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet's input at c_noise `t`: (x0 + σε) / sqrt(σ² + 1)."""
+        sigma = self._sigma(t, latents)
+        return ((latents.float() + sigma * noise.float()) / (sigma ** 2 + 1).sqrt()).to(latents.dtype)
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The v for which EulerDiscreteScheduler's denoised x0 (c_skip·x + c_out·v) is `latents`:
+        (ε − σ·x0) / sqrt(σ² + 1)."""
+        sigma = self._sigma(t, latents)
+        return ((noise.float() - sigma * latents.float()) / (sigma ** 2 + 1).sqrt()).to(latents.dtype)
 
     def make_scheduler(self) -> EulerDiscreteScheduler:
         return EulerDiscreteScheduler.from_config(self.scheduler_config)
@@ -200,8 +279,8 @@ class SVDBackbone(PeftLora):
 def svd(pretrained: str = "stabilityai/stable-video-diffusion-img2vid-xt", revision: str | None = None,
         unet_dtype: str = "bf16", vae_dtype: str = "fp32", image_encoder_dtype: str = "bf16", fps: int = 7,
         motion_bucket_id: int = 127, noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0,
-        decode_chunk: int | None = None, lora_rank: int = 16, lora_alpha: float | None = None,
-        lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
+        decode_chunk: int | None = None, train_noise_mean: float = 0.7, train_noise_std: float = 1.6,
+        lora_rank: int = 16, lora_alpha: float | None = None, lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
         gradient_checkpointing: bool = True, checkpoint_blocks: bool = True) -> SVDBackbone:
     """SVD from a hub id or a local folder in the diffusers layout (unet/, vae/, image_encoder/,
     feature_extractor/, scheduler/)."""
@@ -225,6 +304,6 @@ def svd(pretrained: str = "stabilityai/stable-video-diffusion-img2vid-xt", revis
         feature_extractor=load_part(CLIPImageProcessor, sources["feature_extractor"]),
         scheduler_config=load_scheduler_config(sources["scheduler"]), fps=fps, motion_bucket_id=motion_bucket_id,
         noise_aug_strength=noise_aug_strength, min_guidance_scale=min_guidance_scale, decode_chunk=decode_chunk,
-        lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
+        train_noise_mean=train_noise_mean, train_noise_std=train_noise_std, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
         lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing,
         checkpoint_blocks=checkpoint_blocks)

@@ -92,6 +92,16 @@ SETTINGS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], list[str]]] = 
         lambda f: ["algorithm=sft", "dataset=folder", f"dataset.path={f['clips']}",
                    "reward_fn=colorfulness", "data.num_workers=0"],
         ["num_steps=30", "lr=1e-2", "train_batch_size=4"]),
+    # SFT of the tiny SVD on (image, video) rows the tests write (tests/video_data.py
+    # write_image_video: own first-frame images on half the rows, the clip's first frame on the
+    # others, and three bad rows skipped); measured on held-out rows of the same colours at another
+    # speed (held_out_denoising, at EDM noise levels).
+    "sft_svd_heldout_loss": (
+        lambda f: ["backbone=svd", f"backbone.pretrained={f['svd']}", "backbone.unet_dtype=fp32",
+                   "backbone.image_encoder_dtype=fp32", "prompt_fn=images", f"prompt_fn.path={f['frames']}",
+                   "prompt_fn.val_fraction=0.34", "algorithm=sft", "dataset=image_video",
+                   f"dataset.path={f['image_video']}", "reward_fn=colorfulness", "data.num_workers=0"],
+        ["num_steps=30", "lr=1e-2", "train_batch_size=4", "guidance_scale=3"]),
     # Offline DPO on pairs whose chosen video has a bright background and the rejected one a dark
     # one; measured on held-out pairs of other colours (held_out_accuracy).
     "dpo_heldout_accuracy": (
@@ -119,22 +129,33 @@ SETTINGS: dict[str, tuple[Callable[[dict[str, Path]], list[str]], list[str]]] = 
 
 def held_out_denoising(trainer, folders: dict[str, Path], draws: int = 8) -> tuple[float, float]:
     """Minus the mean denoising error on the held-out clips (each at `draws` fixed noise levels
-    and noises), base (LoRA off) and tuned: higher is better, so a gain is a lower loss."""
-    from vader.algorithms.denoising import denoising_errors
+    and noises), base (LoRA off) and tuned: higher is better, so a gain is a lower loss. An
+    image-to-video backbone is measured on the held-out image-video rows, each conditioned on its
+    image, at `draws` noise levels from its own training distribution (fixed draws)."""
+    from vader.algorithms.denoising import denoising_errors, draws as timestep_draws, timestep_draw
     from vader.data.clips import read_clip
-    from vader.data.manifests import folder
-    from vader.data.stream import frame_rule
+    from vader.data.loader import LoaderSettings, VideoItems
+    from vader.data.manifests import folder, image_video
+    from vader.data.stream import TrainingData, frame_rule
     from vader.evaluation.evaluate import lora_disabled
 
     cfg, backbone, model = trainer.cfg, trainer.backbone, trainer.accelerator.unwrap_model(trainer.model)
     rule = frame_rule(cfg)
-    clips = folder(folders["heldout_clips"])
     central = dataclasses.replace(rule, window="central")
-    frames = torch.stack([read_clip(c.video, central) for c in clips])
+    if getattr(backbone, "conditioning", "text") == "image":
+        items = VideoItems(image_video(folders["heldout_image_video"]), LoaderSettings(central, 0, images=True))
+        samples = [items[(10**9 + i, i)] for i in range(len(items))]  # positions no training sample has
+        frames = torch.stack([s.videos[0] for s in samples])
+        cond = torch.cat([backbone.encode_prompts([TrainingData.prompt(s)]) for s in samples])
+        t = timestep_draws(range(10**9, 10**9 + draws), 12345, timestep_draw(backbone))[0].repeat(len(samples))
+    else:
+        clips = folder(folders["heldout_clips"])
+        frames = torch.stack([read_clip(c.video, central) for c in clips])
+        cond = torch.cat([backbone.encode_prompts([c.caption]) for c in clips])
+        t = torch.linspace(50, 950, draws).long().repeat(len(clips))
     latents = backbone.encode((frames + 1) / 2).repeat_interleave(draws, 0)
-    cond = torch.cat([backbone.encode_prompts([c.caption]) for c in clips]).repeat_interleave(draws, 0)
+    cond = cond.repeat_interleave(draws, 0)
     g = torch.Generator().manual_seed(12345)
-    t = torch.linspace(50, 950, draws).long().repeat(len(clips))
     noise = torch.randn(latents.shape, generator=g)
     with torch.no_grad():
         tuned = denoising_errors(backbone, model, latents, noise, t, cond).mean().item()
@@ -164,18 +185,21 @@ def held_out_accuracy(trainer, folders: dict[str, Path], draws: int = 8) -> tupl
 
 
 # Settings whose outcome is not the held-out reward: name -> (trainer, folders) -> (before, after).
-MEASURES = {"sft_heldout_loss": held_out_denoising, "dpo_heldout_accuracy": held_out_accuracy}
+MEASURES = {"sft_heldout_loss": held_out_denoising, "sft_svd_heldout_loss": held_out_denoising,
+            "dpo_heldout_accuracy": held_out_accuracy}
 
 
 def write_datasets(root: Path) -> dict[str, Path]:
     """The captioned clips and preference pairs of the data settings, and their held-out parts."""
-    from tests.video_data import write_clip_folder, write_pairs
+    from tests.video_data import write_clip_folder, write_image_video, write_pairs
 
     train, held_out = ["red", "green", "blue", "yellow"], ["cyan", "magenta", "orange", "white"]
     return {"clips": write_clip_folder(root / "clips", train, steps=(1, 3)),
             "heldout_clips": write_clip_folder(root / "heldout_clips", train, steps=(2,)),
             "pairs": write_pairs(root / "pairs", train),
-            "heldout_pairs": write_pairs(root / "heldout_pairs", held_out)}
+            "heldout_pairs": write_pairs(root / "heldout_pairs", held_out),
+            "image_video": write_image_video(root / "image_video", train, steps=(1, 3)),
+            "heldout_image_video": write_image_video(root / "heldout_image_video", train, bad=False)}
 
 
 def reward_folders(root: Path, names: tuple[str, ...] = tuple(SETTINGS)) -> dict[str, Path]:
@@ -193,6 +217,10 @@ def reward_folders(root: Path, names: tuple[str, ...] = tuple(SETTINGS)) -> dict
         arch = tiny_open_clip.write_arch(root / "hps" / "tiny_clip")
         model, _ = tiny_open_clip.tiny_clip(arch, seed=0)
         folders.update(hps=tiny_open_clip.write_hps(root / "hps" / "HPSv2", model), hps_arch=arch)
+    if "sft_svd_heldout_loss" in names:
+        from tests.tiny_svd import write_first_frames, write_svd
+        folders.update(svd=write_svd(root / "svd"),
+                       frames=write_first_frames(root / "frames", ["red", "green", "blue"]))
     if "grpo_wan" in names:
         from tests.tiny_wan import write_wan
         folders["wan"] = write_wan(root / "wan")

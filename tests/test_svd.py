@@ -1,8 +1,8 @@
 """Stable Video Diffusion image-to-video (issue 20; backbones/svd.py) on a tiny random checkpoint in
 the published layout (tests/tiny_svd.py), with first frames as image prompts
 (vader/data/image_prompts.py): our sampler against StableVideoDiffusionPipeline, the per-frame
-guidance ramp, the image prompt type, the LoRA contract, reward-gradient training, and the clear
-refusals of what is not built (SFT/DPO, GRPO, text prompts)."""
+guidance ramp, the image prompt type, the LoRA contract, EDM's training process and the stochastic
+Euler step, reward-gradient, GRPO and SFT training, and the refusal of text prompts."""
 from __future__ import annotations
 
 import pickle
@@ -136,11 +136,79 @@ def test_reward_gradients_train_svd_from_first_frames(folders, make_trainer, tmp
     assert result["summary"]["settings"]["num_frames"] == trainer.cfg.num_frames
 
 
-def test_what_is_not_built_is_refused_with_the_reason(folders, backbone, make_trainer, tmp_path):
+def test_text_prompts_and_long_videos_are_refused_with_the_fix(folders, backbone, make_trainer, tmp_path):
     with pytest.raises(ValueError, match="has none; use prompt_fn=images"):
         backbone.encode_prompts(["a red square"])
-    with pytest.raises(ValueError, match="training on data .* not built for SVD"):
-        backbone.add_noise(torch.zeros(1), torch.zeros(1), torch.zeros(1))
-    from vader.sampling.stochastic import step_kernel
-    with pytest.raises(ValueError, match="no step for EulerDiscreteScheduler"):
-        step_kernel(backbone.make_scheduler(), 1.0)
+    with pytest.raises(ValueError, match="backbone 'svd' cannot make videos in windows: .*set long.window=null"):
+        make_trainer("backbone=svd", f"backbone.pretrained={folders['svd']}", "prompt_fn=images",
+                     f"prompt_fn.path={folders['frames']}", "prompt_fn.val_fraction=0.34", "height=32", "width=32",
+                     "num_frames=8", "long.window=4", "long.overlap=2", run_dir=tmp_path / "run")
+
+
+def test_the_edm_forward_process_is_v_prediction_on_its_noise_levels(backbone):
+    """add_noise is the UNet's input (x0 + σε)/sqrt(σ² + 1) at c_noise = ln(σ)/4; a network that
+    returns training_target is one whose denoised x0, as EulerDiscreteScheduler.step computes it,
+    is the clean latent; and the unweighted error on v is EDM's λ(σ)-weighted error on x0."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 4, 2, 4, 4, generator=g), torch.randn(3, 4, 2, 4, 4, generator=g)
+    sigma = torch.tensor([0.05, 1.0, 80.0], dtype=torch.float64)
+    t = (sigma.log() / 4).float()
+    s = sigma.view(-1, 1, 1, 1, 1)
+    x_in = backbone.add_noise(x0, eps, t)
+    torch.testing.assert_close(x_in.double(), (x0 + s * eps) / (s ** 2 + 1).sqrt(), atol=1e-5, rtol=1e-5)
+    v = backbone.training_target(x0, eps, t)
+    x = x_in.double() * (s ** 2 + 1).sqrt()  # the unscaled latent the scheduler steps
+    denoised = v.double() * (-s / (s ** 2 + 1).sqrt()) + x / (s ** 2 + 1)
+    torch.testing.assert_close(denoised, x0.double(), atol=1e-4, rtol=1e-4)
+    other = torch.randn(v.shape, generator=g).double()
+    edm = ((s ** 2 + 1) / s ** 2 * ((other * (-s / (s ** 2 + 1).sqrt()) + x / (s ** 2 + 1)) - x0) ** 2).mean((1, 2, 3, 4))
+    torch.testing.assert_close(((other - v) ** 2).mean((1, 2, 3, 4)), edm, rtol=1e-4, atol=1e-6)
+
+
+def test_the_ancestral_euler_step_is_eulers_step_plus_the_posterior_noise(backbone):
+    """EulerAncestralStep on SVD's scheduler: at a vanishing eta its mean is
+    EulerDiscreteScheduler.step's sample at every step and its input the scheduler's
+    scale_model_input; at eta = 1, fed the v of a known x0, it is the variance-exploding posterior
+    q(x_σnext | x_σ, x0) (mean x0 + σnext²/σ² (x − x0), variance σnext² (σ² − σnext²)/σ²)."""
+    from vader.sampling.stochastic import EulerAncestralStep, step_kernel
+
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(6)
+    assert isinstance(step_kernel(scheduler, 1.0), EulerAncestralStep)
+    tiny, exact = EulerAncestralStep(scheduler, 1e-7), EulerAncestralStep(scheduler, 1.0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 2, 4, 4, generator=g) * scheduler.init_noise_sigma
+    x0 = torch.randn(2, 4, 2, 4, 4, generator=g)
+    for i, t in enumerate(scheduler.timesteps):
+        ts = t.expand(2)
+        torch.testing.assert_close(tiny.model_input(x, ts), scheduler.scale_model_input(x, t), rtol=1e-6, atol=1e-6)
+        out = torch.randn(x.shape, generator=g)
+        mean, std = tiny.gaussian(out, ts, x)
+        step = scheduler.step(out, t, x).prev_sample
+        torch.testing.assert_close(mean, step, rtol=1e-5, atol=1e-5 * float(scheduler.sigmas[i]))
+        sigma, nxt = float(scheduler.sigmas[i]), float(scheduler.sigmas[i + 1])
+        v = (x - x0) / sigma  # ε of this x for that x0, turned into v
+        v = (v - sigma * x0) / (sigma ** 2 + 1) ** 0.5
+        mean, std = exact.gaussian(v, ts, x)
+        torch.testing.assert_close(mean.double(), x0.double() + nxt ** 2 / sigma ** 2 * (x - x0).double(),
+                                   rtol=1e-4, atol=1e-4 * sigma)
+        assert std.flatten().tolist() == pytest.approx([(nxt ** 2 * (sigma ** 2 - nxt ** 2) / sigma ** 2) ** 0.5] * 2,
+                                                       rel=1e-5, abs=1e-12)
+        x = step
+    assert exact.std(scheduler.timesteps)[-1] == 0  # the last step lands on σ = 0: not trainable
+
+
+def test_grpo_trains_svd(folders, make_trainer, tmp_path):
+    """(SFT on SVD: tests/test_image_video.py.)"""
+    data = ["algorithm=grpo", "algorithm.eta=1.0", "algorithm.group_size=2", "algorithm.groups_per_step=1",
+            "train_batch_size=2"]
+    trainer = make_trainer("backbone=svd", f"backbone.pretrained={folders['svd']}", "backbone.unet_dtype=fp32",
+                           "backbone.image_encoder_dtype=fp32", "prompt_fn=images",
+                           f"prompt_fn.path={folders['frames']}", "prompt_fn.val_fraction=0.34",
+                           "height=32", "width=32", "guidance_scale=3", *data, run_dir=tmp_path / "run")
+    trainer.setup()
+    plan = trainer.algorithm.plan(0)  # on-policy: the update re-evaluates exactly the rollout's steps
+    assert abs(float(trainer.algorithm.loss(plan.updates[0][0]).numbers["ratio"]) - 1) < 1e-5
+    before = {k: v.clone() for k, v in trainer.backbone.lora_state_dict().items()}
+    trainer.train()
+    assert any((v - before[k]).abs().max() > 0 for k, v in trainer.backbone.lora_state_dict().items())

@@ -57,3 +57,37 @@ def write_pairs(root: Path, colours: list[str], frames: int = 12, size: int = 32
         writer.writeheader()
         writer.writerows(rows)
     return root / "pairs.csv"
+
+
+def write_image_video(root: Path, colours: list[str], frames: int = 12, size: int = 32,
+                      fps: int = 8, bad: bool = True, steps: tuple[int, ...] = (2,)) -> Path:
+    """`root/samples.csv` for dataset=image_video: per colour and speed in `steps` a sliding-square
+    video, the odd ones with their own conditioning image (a still of the square where it starts,
+    as a png), the even ones with none (the clip's first frame is the image); captions on every
+    other row. With `bad`, three rows that cannot be used: an image that does not exist, an image
+    that is not one, and a video that is not one."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (colour, step) in enumerate((c, s) for s in steps for c in colours):
+        video = square_video(colour, frames, size, step=step)
+        save_video(video, root / f"{i:03d}_{colour}.mp4", fps=fps)
+        image = ""
+        if i % 2:
+            image = f"{i:03d}_{colour}.png"
+            Image.fromarray((video[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(root / image)
+        rows.append({"video": f"{i:03d}_{colour}.mp4", "image": image,
+                     "caption": f"a {colour} square moves right" if i % 2 == 0 else ""})
+    if bad:
+        (root / "not_an_image.png").write_bytes(b"this is text, not a png")
+        (root / "not_a_video.mp4").write_bytes(b"this is text, not an mp4")
+        first = rows[0]["video"]
+        rows += [{"video": first, "image": "missing.png", "caption": "no image"},
+                 {"video": first, "image": "not_an_image.png", "caption": "a broken image"},
+                 {"video": "not_a_video.mp4", "image": "", "caption": "a broken video"}]
+    with (root / "samples.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root / "samples.csv"

@@ -50,6 +50,10 @@ def build_trainer(cfg: DictConfig, run_dir: str, reward_name: str | None = None)
     # The backbone checks that every model part can be had before loading any of them, and
     # comes before the reward so a wrong path fails before any reward model loads.
     backbone = build(cfg.backbone)
+    why = getattr(backbone, "no_windows", None)  # a backbone that cannot make videos in windows says why
+    if why and (settings.long.window is not None or settings.long.keyframe_interval is not None):
+        raise ValueError(f"long.window / long.keyframe_interval: backbone {backbone.name!r} cannot make "
+                         f"videos in windows: {why}; set long.window=null long.keyframe_interval=null")
     if "seam" in eval_cfgs and "temporal" not in ((cfg.eval_reward_args or {}).get("seam") or {}):
         # windows count latent frames; the seam metric meets video frames (rewards/seam.py)
         eval_cfgs["seam"].temporal = getattr(backbone, "temporal", 1)
@@ -134,7 +138,7 @@ def build_data(cfg: DictConfig, algorithm: Any) -> list | None:
     if not items:
         raise ValueError(f"the dataset ({cfg.dataset._target_}) lists no {kind}")
     if not isinstance(items[0], expected):
-        fix = ("dataset=folder, manifest, webvid, msrvtt or activitynet" if kind == "clips"
+        fix = ("dataset=folder, manifest, webvid, msrvtt, activitynet or image_video" if kind == "clips"
                else "dataset=pairs, videodpo or pickapic")
         raise ValueError(f"{name} learns from {kind}, but {cfg.dataset._target_} lists "
                          f"{'clips' if isinstance(items[0], Clip) else 'pairs'}; use {fix}")

@@ -20,6 +20,12 @@ class Backbone(Protocol):
     """A text-to-video diffusion model seen as a few operations.
 
     Latents are `(B, C, T, h, w)`; decoded frames are `(B, T, C, H, W)` in [0, 1].
+
+    Optional, not members (looked for where used): `conditioning = "image"` for a backbone
+    conditioned on a first frame (prompts are then vader.data.image_prompts.ImagePrompt, and the
+    data stream hands each training sample's image); `training_timestep(generator)`, the draw of
+    one training timestep where it is not uniform over the schedule (SVD's EDM noise levels);
+    `guidance_weights(scale, like)`, guidance that varies over the latents (SVD's frame ramp).
     """
 
     name: str

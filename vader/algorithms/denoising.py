@@ -4,7 +4,7 @@ processes match one and a resume continues exactly), and the per-sample denoisin
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -15,13 +15,23 @@ from vader.sampling.differentiable import make_noise
 from vader.sampling.seeds import TIMESTEP, TRAIN, generator_seed
 
 
-def draws(positions: list[int], seed: int, num_timesteps: int) -> tuple[torch.Tensor, list[float]]:
-    """Per sample: a timestep uniform in [0, num_timesteps) and a uniform number in [0, 1) (for
-    caption dropout), both from the sample's stream position."""
+def timestep_draw(backbone: Backbone) -> Callable[[torch.Generator], float] | int:
+    """How a backbone's training timesteps are drawn: its own `training_timestep(generator)`
+    where it has one (SVD's EDM noise levels, continuous), else uniform over the training
+    schedule's `num_train_timesteps` (DDPM and flow matching, as they were trained)."""
+    own = getattr(backbone, "training_timestep", None)
+    return own if own is not None else backbone.make_scheduler().config.num_train_timesteps
+
+
+def draws(positions: list[int], seed: int,
+          timestep: int | Callable[[torch.Generator], float]) -> tuple[torch.Tensor, list[float]]:
+    """Per sample: a timestep (uniform in [0, timestep) for an int, else `timestep(generator)`)
+    and a uniform number in [0, 1) (for caption dropout), both from the sample's stream position."""
     ts, us = [], []
     for p in positions:
         g = torch.Generator().manual_seed(generator_seed(TIMESTEP, seed, p))
-        ts.append(int(torch.randint(num_timesteps, (1,), generator=g)))
+        ts.append(int(torch.randint(timestep, (1,), generator=g)) if isinstance(timestep, int)
+                  else float(timestep(g)))
         us.append(float(torch.rand((), generator=g)))
     return torch.tensor(ts), us
 

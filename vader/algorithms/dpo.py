@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from vader.algorithms.denoising import data_plan, denoising_errors, draws, noise_for
+from vader.algorithms.denoising import data_plan, denoising_errors, draws, noise_for, timestep_draw
 from vader.algorithms.losses import diffusion_dpo_logit, diffusion_dpo_loss, implicit_accuracy
 from vader.data.loader import Sample
 from vader.data.order import prompt_at
@@ -79,7 +79,7 @@ class DPO:
         self.run = run
         if self.pairs == "offline":
             self.stream = training_data(run)
-        self.num_timesteps = run.backbone.make_scheduler().config.num_train_timesteps
+        self.timestep = timestep_draw(run.backbone)
 
     # --- pairs ------------------------------------------------------------------------------
     def plan(self, step: int) -> Plan:
@@ -165,9 +165,9 @@ class DPO:
         chosen = torch.stack([s.videos[0] for s in samples])
         rejected = torch.stack([s.videos[1] for s in samples])
         positions = [s.position for s in samples]
-        t, _ = draws(positions, cfg.seed, self.num_timesteps)
+        t, _ = draws(positions, cfg.seed, self.timestep)
         noise = noise_for(tuple(chosen.shape), positions, cfg.seed, chosen.device)
-        cond = self.embed([s.text for s in samples])
+        cond = self.embed([self.stream.prompt(s) if self.stream else s.text for s in samples])
         # Chosen and rejected in one call: the same noise, timestep and prompt for both halves.
         both = (torch.cat([chosen, rejected]), torch.cat([noise, noise]), torch.cat([t, t]),
                 torch.cat([cond, cond]))

@@ -33,7 +33,7 @@ from vader.data.order import prompt_at
 from vader.evaluation.evaluate import lora_disabled, set_lora_dropout
 from vader.frames import frames_to_decode, score
 from vader.protocols import Backbone, ItemLoss, Plan, Reward, Run, info_numbers
-from vader.sampling.differentiable import guided_prediction, model_input
+from vader.sampling.differentiable import guided_prediction
 from vader.sampling.seeds import STEPS, TRAIN, generator_seed
 from vader.sampling.stochastic import (Trajectory, log_prob, rollout, select_cond, step_kernel)
 from vader.sampling.windows import in_windows, video_noise, windows_of
@@ -217,7 +217,7 @@ class GRPO:
         t = traj.timesteps[at]
         guided = cfg.guidance_scale > 1.0
         cond = select_cond(traj.cond, idx.to(traj.cond.device), guided)
-        x_in = model_input(self.scheduler, x, t)  # DDIM's scaling is stateless; flow matching has none
+        x_in = self.kernel.model_input(x, t)  # per video: each is at its own step
         if self.beta > 0:
             # The reference: the same weights with the LoRA off, without gradients, through the
             # bare module (no DDP bookkeeping for a pass that trains nothing).

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from vader.algorithms.denoising import data_plan, denoising_errors, draws, noise_for
+from vader.algorithms.denoising import data_plan, denoising_errors, draws, noise_for, timestep_draw
 from vader.algorithms.losses import min_snr_weight
 from vader.data.stream import frame_rule, training_data
 from vader.protocols import Backbone, ItemLoss, Plan, Reward, Run
@@ -39,17 +39,19 @@ class SFT:
         frame_rule(cfg)
 
     def check_models(self, cfg: Any, backbone: Backbone, reward: Reward) -> None:
-        # The reward only evaluates; Min-SNR weights read a DDPM schedule's ᾱ.
-        if self.min_snr_gamma and not hasattr(backbone.make_scheduler(), "alphas_cumprod"):
+        # The reward only evaluates; Min-SNR weights read a DDPM schedule's ᾱ at a discrete
+        # timestep, which flow matching and EDM's continuous noise levels (SVD) do not have.
+        if self.min_snr_gamma and (not hasattr(backbone.make_scheduler(), "alphas_cumprod")
+                                   or hasattr(backbone, "training_timestep")):
             raise ValueError(f"algorithm.min_snr_gamma={self.min_snr_gamma}: Min-SNR weights need a "
-                             f"DDPM noise schedule, and backbone {backbone.name!r} is flow matching; "
-                             "set algorithm.min_snr_gamma=null")
+                             f"DDPM noise schedule with discrete timesteps, which backbone "
+                             f"{backbone.name!r} does not train on; set algorithm.min_snr_gamma=null")
 
     def setup(self, run: Run) -> None:
         self.run = run
         self.stream = training_data(run)
         scheduler = run.backbone.make_scheduler()
-        self.num_timesteps = scheduler.config.num_train_timesteps
+        self.timestep = timestep_draw(run.backbone)
         self.alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)  # flow matching: none
 
     def plan(self, step: int) -> Plan:
@@ -66,8 +68,10 @@ class SFT:
             latents, texts, positions = torch.zeros(shape, device=device), [""], [0]
         else:
             latents = torch.stack([s.videos[0] for s in samples])
-            texts, positions = [s.text for s in samples], [s.position for s in samples]
-        t, uniforms = draws(positions, cfg.seed, self.num_timesteps)
+            texts = [self.stream.prompt(s) for s in samples]
+            positions = [s.position for s in samples]
+        t, uniforms = draws(positions, cfg.seed, self.timestep)
+        # The empty prompt is the unconditional input (for an image-to-video backbone: no image).
         texts = ["" if u < self.caption_dropout else text for u, text in zip(uniforms, texts)]
         noise = noise_for(tuple(latents.shape), positions, cfg.seed, device)
         errors = denoising_errors(run.backbone, run.model, latents, noise, t,

@@ -23,6 +23,8 @@ Why decord: it is already a dependency (requirements.txt, for `vader.score`), it
 decodes only the frames asked for (`get_batch`), so a 16-frame clip from a long video costs 16
 frames plus the seeks, not the whole file.
 
+`read_image` reads an image-to-video sample's conditioning image by the same size rule.
+
 A file that cannot be used raises `Unreadable` with one of `REASONS`, so the loader can count
 and skip it rather than crash mid-epoch. What decord 0.6 does with damaged files (tested in
 tests/test_clips.py):
@@ -62,7 +64,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-REASONS = ("missing", "empty_file", "undecodable", "too_short", "empty_caption")
+REASONS = ("missing", "empty_file", "undecodable", "too_short", "empty_caption", "missing_image", "bad_image")
 WINDOWS = ("random", "central")
 SHORT_RULES = ("skip", "loop", "pad")
 _EPS = 1e-6  # seconds * fps lands a hair above an integer (0.28 * 25 = 7.000000000000001)
@@ -237,3 +239,21 @@ def read_clip(path, rule: FrameRule, rng: random.Random | None = None,
     frames = torch.from_numpy(array).permute(0, 3, 1, 2)
     frames = _resize_crop(frames, rule.height, rule.width)
     return frames.float().div_(127.5).sub_(1.0).contiguous()
+
+
+def read_image(path, height: int, width: int) -> torch.Tensor:
+    """A conditioning image (an image-to-video sample's first frame) as `(C, H, W)` float32 in
+    [-1, 1], resized and cropped as `read_clip` does its frames. Raises Unreadable:
+    'missing_image' (no such file) or 'bad_image' (empty, or not an image PIL can read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path)
+    if not file.is_file():
+        raise Unreadable("missing_image", path, "no such file")
+    try:
+        with Image.open(file) as image:
+            array = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise Unreadable("bad_image", path, _one_line(error)) from None
+    pixels = _resize_crop(torch.from_numpy(array.copy()).permute(2, 0, 1)[None], height, width)[0]
+    return pixels.float().div_(127.5).sub_(1.0).contiguous()

@@ -2,7 +2,9 @@
 optional caption. `ImagePrompt` is a `str` (its caption, or the image's file name when it has
 none), so text-to-video backbones, rewards, logs and galleries treat it as the text they always
 got; a backbone that conditions on images reads `prompt.image`. Two prompts are equal only when
-their text and image are.
+their text and image are. A training sample's first frame is already in memory (the first frame of
+its clip, vader.data.loader): its prompt carries the pixels (`pixels`, (3, H, W) in [0, 1]) and
+`image` names where they came from.
 
     python train.py backbone=svd prompt_fn=images prompt_fn.path=first_frames/
 """
@@ -11,19 +13,22 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
+
 from vader.data.prompts import PromptSource
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 class ImagePrompt(str):
-    """A prompt that carries a first frame: `image`, a path."""
+    """A prompt that carries a first frame: `image`, a path (or, with `pixels`, a name for them)."""
 
     image: str
+    pixels: torch.Tensor | None
 
-    def __new__(cls, text: str, image: str) -> "ImagePrompt":
+    def __new__(cls, text: str, image: str, pixels: torch.Tensor | None = None) -> "ImagePrompt":
         prompt = super().__new__(cls, text)
-        prompt.image = str(image)
+        prompt.image, prompt.pixels = str(image), pixels
         return prompt
 
     def __eq__(self, other: object) -> bool:
@@ -36,7 +41,7 @@ class ImagePrompt(str):
         return hash((str(self), self.image))
 
     def __reduce__(self):  # pickles (DataLoader workers, spawn) keep the image
-        return (ImagePrompt, (str(self), self.image))
+        return (ImagePrompt, (str(self), self.image, self.pixels))
 
 
 def read_folder(folder: Path, knob: str) -> list[ImagePrompt]:

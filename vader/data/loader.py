@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vader.data.cache import TensorCache, file_identity, make_key
-from vader.data.clips import FrameRule, Unreadable, check_caption, read_clip
+from vader.data.clips import FrameRule, Unreadable, check_caption, read_clip, read_image
 from vader.data.manifests import Clip, Pair
 from vader.data.order import item_at
 from vader.sampling.seeds import WINDOW, generator_seed
@@ -42,6 +42,10 @@ class Sample:
     keys: list[str | None]
     cached: list[bool]
     weight: float = 1.0
+    # Image-to-video backbones: the conditioning image (C, H, W) in [-1, 1], the item's own or the
+    # first frame of its (first) video; `first_frame`: taken from decoded frames, for the cache.
+    image: torch.Tensor | None = None
+    first_frame: bool = False
 
 
 @dataclass
@@ -64,6 +68,9 @@ class LoaderSettings:
     # With the cache on, each clip's window is drawn once (from the seed and the clip), so its
     # latents can be reused every epoch; off, a new window is drawn every time it is read.
     fixed_windows: bool = field(default=None)  # type: ignore[assignment]
+    # The backbone conditions on an image (backbone.conditioning == "image"): each sample carries
+    # one, and captions may be empty.
+    images: bool = False
 
     def __post_init__(self):
         if self.fixed_windows is None:
@@ -83,20 +90,39 @@ class VideoItems(Dataset):
     def __getitem__(self, job: tuple[int, int]) -> Sample | Failure:
         position, index = job
         item = self.items[index]
+        images = self.settings.images
         try:
             if isinstance(item, Clip):
-                text = check_caption(item.caption, item.video)
+                text = item.caption.strip() if images else check_caption(item.caption, item.video)
                 spans = [(item.video, item.start, item.end)]
             else:
-                text = check_caption(item.prompt, item.chosen)
+                text = item.prompt.strip() if images else check_caption(item.prompt, item.chosen)
                 spans = [(item.chosen, None, None), (item.rejected, None, None)]
+            own = getattr(item, "image", None)
+            image = read_image(own, self.settings.rule.height, self.settings.rule.width) \
+                if images and own is not None else None
             # A pair's two videos share their window, so they show the same stretch of time.
             window = self.window_seed(position, spans[0])
             read = [self.read(path, start, end, window) for path, start, end in spans]
+            first_frame = images and own is None
+            if first_frame:
+                image = self.first_frame(read[0], spans[0], window)
         except Unreadable as err:
             return Failure(position, err.reason, str(err))
         return Sample(position, text, [r[0] for r in read], [r[1] for r in read],
-                      [r[2] for r in read], getattr(item, "weight", 1.0))
+                      [r[2] for r in read], getattr(item, "weight", 1.0), image, first_frame)
+
+    def first_frame(self, read: tuple[torch.Tensor, str | None, bool],
+                    span: tuple[Path, float | None, float | None], window: int) -> torch.Tensor:
+        """The first frame of a clip: of its frames, or, where its latents came from the cache,
+        the cached frame (the clip read again if the cache lacks it)."""
+        video, key, cached = read
+        if not cached:
+            return video[0]
+        frame = self.cache.load("first_frame", key)
+        if frame is None:
+            frame = read_clip(span[0], self.settings.rule, random.Random(window), span[1], span[2])[0]
+        return frame
 
     def window_seed(self, position: int, span: tuple[Path, float | None, float | None]) -> int:
         s = self.settings

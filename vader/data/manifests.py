@@ -10,6 +10,7 @@ the accounting of unreadable files belong to the loader that consumes them.
     pairs(path, prompt_column=..., chosen_column=..., rejected_column=...)   preference pairs
     videodpo(path)                     VideoDPO's folder: metadata.json + pair.json, video1 wins
     pickapic(path, label_column=...)   Pick-a-Pic-style rows: `caption`, `label_0`, two videos
+    image_video(path, ...)             (image, video, optional caption), a table or a folder
 
 Relative video paths are taken from the file's own folder unless `root` (or `videos`) says
 otherwise. A file without the columns asked for is refused with the columns it has.
@@ -20,6 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from vader.data.image_prompts import IMAGE_SUFFIXES
 from vader.io.tables import TABLE_SUFFIXES, read_rows
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
@@ -27,12 +29,14 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 @dataclass(frozen=True)
 class Clip:
-    """A video and its caption; `start`/`end` (seconds) when the caption covers only part."""
+    """A video and its caption; `start`/`end` (seconds) when the caption covers only part;
+    `image`, an image-to-video sample's conditioning image (None: the clip's first frame)."""
 
     video: Path
     caption: str
     start: float | None = None
     end: float | None = None
+    image: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -261,3 +265,41 @@ def pickapic(path: str | Path, caption_column: str = "caption", first_column: st
         first, second = base / _text(r[first_column]), base / _text(r[second_column])
         out.append(Pair(_text(r[caption_column]), *((first, second) if label == 1.0 else (second, first))))
     return out
+
+
+def _optional_column(rows: list[dict], column: str, default: str, path, what: str) -> None:
+    """A column the user named (not the default) must exist somewhere: a typo is not read as
+    'no images' or 'no captions'."""
+    if column != default and rows and not any(column in r for r in rows):
+        raise ValueError(f"{what} '{path}' has no column {column!r}; the columns found are "
+                         f"{sorted(set().union(*rows))}")
+
+
+def image_video(path: str | Path, video_column: str = "video", image_column: str = "image",
+                caption_column: str = "caption", root: str | Path | None = None) -> list[Clip]:
+    """(image, video, optional caption) samples for image-to-video training (backbone=svd).
+
+    A table (CSV, JSON, JSONL): one sample per row, the video in `video_column`; the image in
+    `image_column` and the caption in `caption_column`, both optional (an absent or empty image
+    is the clip's first frame; an absent caption is empty, which image-to-video training allows).
+    A folder: every video, with a same-named image (.png, .jpg, ...) as its conditioning image
+    where there is one and a same-named .txt caption. A missing or unreadable image is the
+    loader's to skip and count (`missing_image`, `bad_image`), as a bad video is."""
+    p = _existing(path, "image-video dataset")
+    if p.is_dir():
+        clips = []
+        for video in sorted(v for v in p.iterdir() if v.suffix.lower() in VIDEO_SUFFIXES):
+            image = next((video.with_suffix(s) for s in IMAGE_SUFFIXES if video.with_suffix(s).is_file()), None)
+            caption = video.with_suffix(".txt")
+            text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""
+            clips.append(Clip(video, text, image=image))
+        if not clips:
+            raise ValueError(f"image-video folder '{path}' holds no videos ({', '.join(VIDEO_SUFFIXES)})")
+        return clips
+    base = Path(root) if root is not None else p.parent
+    rows = _table(path, "image-video table", [video_column])
+    _optional_column(rows, image_column, "image", path, "image-video table")
+    _optional_column(rows, caption_column, "caption", path, "image-video table")
+    return [Clip(base / _text(r[video_column]), _text(r.get(caption_column)),
+                 image=base / _text(r.get(image_column)) if _text(r.get(image_column)) else None)
+            for r in rows]

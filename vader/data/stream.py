@@ -20,6 +20,7 @@ import torch
 
 from vader.data.cache import TensorCache, encoder_identity, make_key
 from vader.data.clips import REASONS, FrameRule
+from vader.data.image_prompts import ImagePrompt
 from vader.data.loader import (Failure, Item, LoaderSettings, Sample, StepBatches, VideoItems,
                                make_loader)
 from vader.protocols import Backbone
@@ -107,17 +108,32 @@ class TrainingData:
                 s.videos[i] = z
                 if s.keys[i] is not None:
                     self.cache.save("latents", s.keys[i], z)
+                    if i == 0 and s.first_frame:  # the frames are gone once cached: keep the first
+                        self.cache.save("first_frame", s.keys[i], s.image)
             self.encoded += len(part)
         for s in samples:
             s.videos = [v.to(device) for v in s.videos]
 
     # --- captions ---------------------------------------------------------------------------
+    @staticmethod
+    def prompt(sample: Sample) -> str:
+        """What a sample is conditioned on: its caption, or, with a conditioning image, an
+        ImagePrompt carrying the image's pixels (in [0, 1]) and named by the sample's position."""
+        if sample.image is None:
+            return sample.text
+        return ImagePrompt(sample.text, f"sample {sample.position}", (sample.image.float().cpu() + 1) / 2)
+
     def embed(self, texts: list[str]) -> torch.Tensor:
-        """The text conditioning of `texts`, each caption encoded on its own (so its value does
-        not depend on which others share its batch) and cached on disk and, for the last few,
-        in memory."""
+        """The conditioning of `texts`, each encoded on its own (so its value does not depend on
+        which others share its batch); captions cached on disk and, for the last few, in memory.
+        Image prompts are encoded every time: their conditioning holds the image's number in the
+        backbone's table, which another process or run numbers differently."""
         rows = []
         for text in texts:
+            if hasattr(text, "image"):
+                with torch.no_grad():
+                    rows.append(self.backbone.encode_prompts([text])[0].to(self.acc.device))
+                continue
             if text not in self.text:
                 key = make_key(text=text, encoder=self.settings.encoder)
                 value = self.cache.load("text", key)
@@ -172,7 +188,8 @@ def training_data(run: Any) -> TrainingData:
     cfg, data = run.cfg, run.cfg.data
     settings = LoaderSettings(
         frame_rule(cfg), cfg.seed, cache_root(data.cache, data.cache_dir, run.run_dir),
-        encoder_identity(dict(cfg.backbone)))
+        encoder_identity(dict(cfg.backbone)),
+        images=getattr(run.backbone, "conditioning", "text") == "image")
     return TrainingData(run.data, settings, run.backbone, run.accelerator, cfg.train_batch_size,
                         cfg.gradient_accumulation_steps, data.num_workers)
 

@@ -5,8 +5,8 @@ changed since, finds the same step.
 
 A step kernel turns the model's output at `x_t` into the Gaussian `x_{t-1} ~ N(mean, std²)`.
 `DDIMStep` is DDIM with eta > 0 (Song et al. 2021, eq. 12, as diffusers' `DDIMScheduler.step`
-computes it); a flow-matching SDE step (Flow-GRPO, DanceGRPO) plugs in beside it by offering the
-same two methods, and `step_kernel` picks the kernel for a scheduler. Diffusers' schedulers
+computes it); a flow-matching SDE step (Flow-GRPO, DanceGRPO) and EDM's ancestral Euler step (SVD)
+plug in beside it by offering the same methods, and `step_kernel` picks the kernel for a scheduler. Diffusers' schedulers
 return only the sample, not its mean and standard deviation, so the Gaussian is ours; a test
 checks that it draws exactly the sample `DDIMScheduler.step` draws from the same noise.
 
@@ -24,11 +24,16 @@ import torch
 from torch import nn
 
 from vader.protocols import Backbone
-from vader.sampling.differentiable import conditioning, guided_prediction, model_input, step_noise
+from vader.sampling.differentiable import conditioning, guided_prediction, step_noise
 from vader.sampling.windows import Windows, in_windows
 
 
 class StepKernel(Protocol):
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's input at `x` (the scheduler's `scale_model_input`, per video: diffusers'
+        Euler scales by the sigma of the step it has reached, which a step trained out of order
+        has not)."""
+
     def gaussian(self, model_output: torch.Tensor, t: torch.Tensor,
                  x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean (shaped like `x`) and standard deviation (broadcastable to it) of the next
@@ -72,6 +77,9 @@ class DDIMStep:
         # `scales(t) -> (s_t, s_prev)`; its step adds sqrt(ᾱ_prev)(s_prev/s_t − 1) x̂0.
         self.scales = getattr(scheduler, "scales", None)
 
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x  # DDIM's scale_model_input is the identity
+
     def _alphas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = t.cpu().long()
         prev = t - self.stride
@@ -107,6 +115,13 @@ class DDIMStep:
         return mean, std
 
 
+def _step_sigmas(timesteps: torch.Tensor, sigmas: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) σ of the steps at timesteps `t` and of the steps after them, from a scheduler's own
+    (n,) timesteps and (n + 1,) sigmas."""
+    index = (timesteps[None] - t.float().cpu().reshape(-1, 1)).abs().argmin(1)
+    return sigmas[index], sigmas[index + 1]
+
+
 def flow_sde_gaussian(v: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
                       eta: float, sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Flow-GRPO's SDE step (Liu et al. 2025) from noise level σ to σ_next (dt = σ_next − σ < 0)
@@ -132,9 +147,11 @@ class FlowSDEStep:
         self.timesteps = scheduler.timesteps.float().cpu()    # (n,)
         self.sigma_max = float(self.sigmas[1]) if len(self.sigmas) > 2 else 0.99
 
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x  # flow matching's network input is the latent itself
+
     def _sigmas(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        index = (self.timesteps[None] - t.float().cpu().reshape(-1, 1)).abs().argmin(1)
-        return self.sigmas[index], self.sigmas[index + 1]
+        return _step_sigmas(self.timesteps, self.sigmas, t)
 
     def std(self, t: torch.Tensor) -> torch.Tensor:
         sigma, sigma_next = self._sigmas(t)
@@ -148,16 +165,64 @@ class FlowSDEStep:
         return mean, std
 
 
+class EulerAncestralStep:
+    """The Euler step of EDM-style samplers (diffusers' `EulerDiscreteScheduler`: SVD, AnimateDiff-
+    Lightning) made stochastic as k-diffusion's `sample_euler_ancestral` / diffusers'
+    `EulerAncestralDiscreteScheduler` do, on the scheduler's own sigmas: from σ to σ_next,
+    σ_up = min(σ_next, eta · sqrt(σ_next² (σ² − σ_next²) / σ²)), σ_down = sqrt(σ_next² − σ_up²),
+    mean = x + (x − x̂0)/σ · (σ_down − σ), std = σ_up. eta = 0 is the scheduler's Euler step; eta = 1
+    is the exact posterior q(x_σnext | x_σ, x̂0) of the variance-exploding process."""
+
+    def __init__(self, scheduler: Any, eta: float):
+        if eta <= 0:
+            raise ValueError(f"eta={eta}: the Euler step with eta = 0 is deterministic and has no "
+                             "log-probability; use eta > 0 (1.0: the ancestral sampler)")
+        config = scheduler.config
+        if config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type={config.prediction_type!r}: the stochastic sampler "
+                             "handles epsilon and v_prediction")
+        if config.get("final_sigmas_type", "zero") != "zero":
+            raise ValueError("the stochastic Euler step needs a schedule ending at sigma 0 "
+                             "(final_sigmas_type='zero')")
+        self.eta, self.prediction_type = eta, config.prediction_type
+        self.sigmas = scheduler.sigmas.float().cpu()          # (n + 1,), ending at 0
+        self.timesteps = scheduler.timesteps.float().cpu()    # (n,)
+
+    def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        sigma = _per_video(_step_sigmas(self.timesteps, self.sigmas, t.reshape(-1))[0], x).to(x.dtype)
+        return x / (sigma ** 2 + 1) ** 0.5
+
+    def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sigma, sigma_next = _step_sigmas(self.timesteps, self.sigmas, t.reshape(-1))
+        up = torch.minimum(sigma_next, self.eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2)
+                                                   / sigma ** 2).clamp(min=0) ** 0.5)
+        return sigma, up, (sigma_next ** 2 - up ** 2).clamp(min=0) ** 0.5
+
+    def std(self, t: torch.Tensor) -> torch.Tensor:
+        return self._split(t)[1]
+
+    def gaussian(self, model_output: torch.Tensor, t: torch.Tensor,
+                 x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sigma, up, down = (_per_video(v, x) for v in self._split(t))
+        # x̂0 as EulerDiscreteScheduler.step computes it, from the unscaled latents x.
+        if self.prediction_type == "epsilon":
+            x0 = x - sigma * model_output
+        else:
+            x0 = model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)
+        mean = x + (x - x0) / sigma * (down - sigma)
+        return mean.to(x.dtype), up
+
+
 def step_kernel(scheduler: Any, eta: float) -> StepKernel:
     """The kernel for `scheduler` (whose timesteps are set): the flow SDE step for flow matching's
-    Euler scheduler, DDIM's otherwise (which refuses schedulers it cannot use)."""
+    Euler scheduler, the ancestral Euler step for the EDM Euler scheduler, DDIM's otherwise (which
+    refuses schedulers it cannot use)."""
     from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
     if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         return FlowSDEStep(scheduler, eta)
     if isinstance(scheduler, EulerDiscreteScheduler):
-        raise ValueError("the stochastic sampler has no step for EulerDiscreteScheduler (SVD's EDM sampler, "
-                         "AnimateDiff-Lightning's) yet; a backbone with a DDIM option takes backbone.scheduler=ddim")
+        return EulerAncestralStep(scheduler, eta)
     if scheduler.config.get("use_flow_sigmas") or scheduler.config.get("prediction_type") == "flow_prediction":
         raise ValueError(f"the stochastic sampler's flow SDE step generalises the Euler step, not "
                          f"{type(scheduler).__name__}; set backbone.scheduler=flow_euler")
@@ -219,9 +284,10 @@ def rollout(backbone: Backbone, model: nn.Module, prompts: list[str], noise: tor
     x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     latents, means, stds, log_probs = [x], [], [], []
     for i, t in enumerate(scheduler.timesteps):
+        ts = t.expand(len(prompts))
         out = in_windows(lambda w: guided_prediction(backbone, model, w, t, cond, guidance_scale,
-                                                     batch_cfg), model_input(scheduler, x, t), windows)
-        mean, std = kernel.gaussian(out, t.expand(len(prompts)), x)
+                                                     batch_cfg), kernel.model_input(x, ts), windows)
+        mean, std = kernel.gaussian(out, ts, x)
         x = (mean + std * step_noise(x, step_seeds, i)).to(noise.dtype)
         latents.append(x)
         means.append(mean)
