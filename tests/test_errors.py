@@ -46,17 +46,30 @@ def digest(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def train_args(run_dir) -> list[str]:
+    return [sys.executable, "train.py", *[o for o in TINY if not o.startswith("run_name")],
+            "num_steps=1", "checkpoint_every=1", f"hydra.run.dir={run_dir}"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished run (with a checkpoint), trained once; each case below works on a copy."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    first = subprocess.run(train_args(run_dir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    return run_dir
+
+
 @pytest.mark.parametrize("bad", ["lora_path=/no/such/dir", "height=18", "backprop_steps=9",
                                  "reward_fn=nope", "seed=abc"])
-def test_bad_input_keeps_an_existing_run_intact(tmp_path, bad):
+def test_bad_input_keeps_an_existing_run_intact(finished_run, tmp_path, bad):
+    import shutil
+
     run_dir = tmp_path / "run"
-    args = [sys.executable, "train.py", *[o for o in TINY if not o.startswith("run_name")],
-            "num_steps=1", "checkpoint_every=1", f"hydra.run.dir={run_dir}"]
-    first = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.copytree(finished_run, run_dir)
     before = digest(run_dir)
     assert any(p.name == "pytorch_lora_weights.safetensors" for p in before)
-    again = subprocess.run([*args, bad], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*train_args(run_dir), bad], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode != 0
     assert bad.split("=")[0].split(".")[-1] in again.stderr or "nope" in again.stderr
     assert digest(run_dir) == before

@@ -175,3 +175,20 @@ def test_image_video_sft_lowers_the_held_out_denoising_loss(learning_folders, tm
 
     outcomes = [train("sft_svd_heldout_loss", learning_folders, seed, tmp_path / str(seed)) for seed in SEEDS]
     assert_learns(outcomes, min_mean_gain=0.06)
+
+
+def test_offline_dpo_trains_svd_on_pairs_conditioned_on_the_chosen_first_frame(folders, make_trainer, tmp_path):
+    """A pair has no image column: both videos are conditioned on the chosen video's first frame
+    (image-to-video pairs start from one image)."""
+    from tests.video_data import write_pairs
+
+    trainer = make_trainer(*svd_overrides(folders, "algorithm=dpo", "dataset=pairs", "data.num_workers=0",
+                                          f"dataset.path={write_pairs(tmp_path / 'pairs', ['red', 'blue'])}",
+                                          "train_batch_size=2", "num_steps=1"),
+                           run_dir=tmp_path / "run")
+    trainer.setup()
+    samples, _ = trainer.algorithm.stream.step(0)
+    assert all(s.first_frame and s.image.shape == (3, 32, 32) for s in samples[0])
+    before = {k: v.clone() for k, v in trainer.backbone.lora_state_dict().items()}
+    trainer.train()
+    assert any((v - before[k]).abs().max() > 0 for k, v in trainer.backbone.lora_state_dict().items())

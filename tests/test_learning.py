@@ -29,7 +29,8 @@ def test_every_setting_names_a_reward_and_its_training():
     for name, (reward, settings) in SETTINGS.items():
         overrides = reward({k: f"/models/{k}" for k in ("clip", "bare", "processor", "hps",
                                                          "hps_arch", "xclip", "actpred", "object",
-                                                         "clips", "pairs", "wan")})
+                                                         "clips", "pairs", "wan", "svd", "frames",
+                                                         "image_video")})
         assert any(s.startswith("num_steps=") for s in settings), name
         rewards = [o for o in overrides if o.startswith("reward_fn=")]
         algorithm = [o.split("=")[1] for o in overrides if o.startswith("algorithm=")]

@@ -212,3 +212,29 @@ def test_grpo_trains_svd(folders, make_trainer, tmp_path):
     before = {k: v.clone() for k, v in trainer.backbone.lora_state_dict().items()}
     trainer.train()
     assert any((v - before[k]).abs().max() > 0 for k, v in trainer.backbone.lora_state_dict().items())
+
+
+def test_the_rest_of_the_backbone_contract(folders, backbone):
+    """What tests/test_backbones.py checks of the text-to-video backbones (which cannot run SVD:
+    their prompts are text): shapes and the size refusal, only LoRA trains and in float32 over
+    bf16 weights, the frozen parts stay frozen, a LoRA of another rank is refused, and
+    encode/decode keep shape and range."""
+    from vader.protocols import Backbone
+
+    assert isinstance(backbone, Backbone)
+    assert backbone.latent_shape(2, 4, 32, 32) == (2, 4, 4, 16, 16)
+    with pytest.raises(ValueError, match="multiples of"):
+        backbone.check_video(4, 34, 32)
+    bf16 = svd(str(folders["svd"]), unet_dtype="bf16", lora_rank=2)
+    trainable = {n: p for n, p in bf16.trainable_module().named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and p.dtype == torch.float32 for n, p in trainable.items())
+    assert any(p.dtype == torch.bfloat16 for p in bf16.unet.parameters())
+    assert not any(p.requires_grad for m in (bf16.vae, bf16.text_encoder) for p in m.parameters())
+    with pytest.raises(ValueError, match="lora_rank"):
+        bf16.load_lora_state_dict(backbone.lora_state_dict())
+    frames = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    latents = backbone.encode(frames)
+    assert latents.shape == backbone.latent_shape(1, 3, 32, 32) and torch.equal(latents, backbone.encode(frames))
+    with torch.no_grad():
+        again = backbone.decode(latents)
+    assert again.shape == frames.shape and again.min() >= 0 and again.max() <= 1
