@@ -1,5 +1,7 @@
 """Two CPU processes (gloo) under `accelerate launch` train one LoRA, not two: both ranks end
-with the same weights, equal to one process trained on the same global batch."""
+with the same weights, equal to one process trained on the same global batch; and two machines'
+launches (`configs/accelerate/multi_node.yaml`, both on this host) train exactly what two
+processes on one machine do."""
 from __future__ import annotations
 
 import json
@@ -23,12 +25,22 @@ def run(cmd, tmp):
     return proc
 
 
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
+CONFIGS = ROOT / "configs" / "accelerate"
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    """The shipped CPU config's two processes, one sample each."""
+    out = tmp_path_factory.mktemp("two")
+    run([*LAUNCH, "--config_file", str(CONFIGS / "cpu_ddp.yaml"), "--dynamo_backend", "no",
+         "-m", "tests.ddp_worker", str(out), "train_batch_size=1", *ARGS], out)
+    return out
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    two, one = tmp_path / "two", tmp_path / "one"
-    run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-         "-m", "tests.ddp_worker", str(two), "train_batch_size=1", *ARGS], tmp_path)
+def test_two_processes_match_one(two, tmp_path):
+    one = tmp_path / "one"
     run([sys.executable, "-m", "tests.ddp_worker", str(one), "train_batch_size=2", *ARGS], tmp_path)
     rank0 = assert_ranks_match_one(two, one)
     curves = [[(r["loss"], r["grad_norm"]) for r in map(json.loads, (d / "run" / "metrics.jsonl")
@@ -63,3 +75,36 @@ def assert_ranks_match_one(two, one, share: float = 1e-3,
     assert (diff > 1e-4).float().mean() < share, f"{int((diff > 1e-4).sum())} of {diff.numel()}"
     assert most is None or diff.max() < most, f"{float(diff.max()):.2e}"
     return rank0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_machines_train_what_two_processes_on_one_do(two, tmp_path):
+    """configs/accelerate/multi_node.yaml launched twice on this host, as machine 0 and machine 1
+    (one process each, gloo, --main_process_ip 127.0.0.1): both ranks end with the LoRA of the
+    one-machine run, bit for bit (the same all-reduce over the same two ranks)."""
+    nodes = tmp_path / "nodes"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    port = str(free_port())
+    procs = [subprocess.Popen([*LAUNCH, "--config_file", str(CONFIGS / "multi_node.yaml"), "--num_processes", "2",
+                               "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                               "--main_process_port", port, "--dynamo_backend", "no", "-m", "tests.ddp_worker",
+                               str(nodes), "train_batch_size=1", *ARGS],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    ranks = [load_file(nodes / f"lora_rank{r}.safetensors") for r in (0, 1)]
+    single = load_file(two / "lora_rank0.safetensors")
+    assert ranks[0].keys() == single.keys()
+    for k in single:
+        assert torch.equal(ranks[0][k], single[k]) and torch.equal(ranks[1][k], single[k]), k
+    assert (nodes / "run" / "checkpoints" / "step_000003").is_dir()  # machine 0's rank 0 wrote the run

@@ -1,0 +1,62 @@
+"""Issue 21, item 1: the shipped accelerate configs (configs/accelerate/) load as accelerate reads
+them and hold what each kind of launch needs, and the Slurm script starts one `accelerate launch`
+per node with that node's rank and the first node as the main address (run against stand-ins for
+srun, scontrol and accelerate). Running them: tests/test_distributed.py (cpu_ddp.yaml and
+multi_node.yaml on this host)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
+
+from tests.conftest import ROOT
+
+CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+
+
+def test_the_configs_are_the_ones_documented():
+    assert [p.stem for p in CONFIGS] == ["cpu_ddp", "multi_gpu", "multi_node", "single_gpu"]
+    docs = (ROOT / "docs" / "distributed.md").read_text()
+    assert all(f"configs/accelerate/{p.name}" in docs for p in CONFIGS)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_each_config_loads_with_what_its_launch_needs(path):
+    text = path.read_text()
+    assert text.startswith("# ") and f"--config_file configs/accelerate/{path.name}" in text  # its header: when and how
+    cfg = load_config_from_file(str(path))
+    assert cfg.compute_environment.value == "LOCAL_MACHINE" and cfg.mixed_precision == "no"
+    assert cfg.num_processes >= cfg.num_machines >= 1 and cfg.num_processes % cfg.num_machines == 0
+    if cfg.num_processes == 1:
+        assert cfg.distributed_type == DistributedType.NO
+    else:
+        assert cfg.distributed_type == DistributedType.MULTI_GPU
+    if cfg.num_machines > 1:
+        assert cfg.main_process_ip and cfg.main_process_port and cfg.machine_rank == 0
+
+
+def test_the_slurm_script_starts_one_launch_per_node(tmp_path):
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    stubs = {
+        "scontrol": 'printf "gpu-a\\ngpu-b\\ngpu-c\\n"',
+        # srun runs its command once per node, as Slurm would, each with its node id.
+        "srun": 'shift; for id in 0 1 2; do SLURM_NODEID=$id "$@"; done',
+        "accelerate": 'printf "<%s>" "$@"; echo',  # each argument as it arrived
+    }
+    for name, body in stubs.items():
+        (bin_ / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-c]", "SLURM_NNODES": "3"}
+    out = subprocess.run(["bash", str(ROOT / "configs" / "slurm" / "train.sbatch"), "reward_fn=aesthetic",
+                          "prompt_fn.nouns=[a cat, a dog]"], env=env, capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 3
+    for rank, line in enumerate(lines):
+        assert line == ("<launch><--config_file><configs/accelerate/multi_node.yaml><--num_machines><3>"
+                        f"<--num_processes><24><--machine_rank><{rank}><--main_process_ip><gpu-a>"
+                        "<--main_process_port><29500><train.py><reward_fn=aesthetic><prompt_fn.nouns=[a cat, a dog]>")
