@@ -79,7 +79,7 @@ DEFAULTS = {"modelscope": (16, 256, 256, 25, 7.5), "animatediff": (16, 256, 256,
             "cogvideox_2b": (49, 480, 720, 50, 6.0), "cogvideox_5b": (49, 480, 720, 50, 6.0)}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="modelscope", choices=list(DEFAULTS))
     parser.add_argument("--height", type=int)
@@ -105,19 +105,31 @@ def parse_args() -> argparse.Namespace:
                              "(CogVideoX, not Wan); not something the trainer does")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak; default: "
                         "looked up for H100/H200/A100, else FLOP/s alone")
+    parser.add_argument("--rollout-videos", type=int, default=0,
+                        help="also time GRPO's rollout (vader.sampling.stochastic.rollout, eta 1) of "
+                             "this many videos in one batch: videos/s")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the tiny random backbone (backbones/tiny.py) in place of the real-size "
+                             "one: the same code path in seconds on a CPU, for the test that keeps "
+                             "this script working")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for key, value in zip(("frames", "height", "width", "steps", "guidance"), DEFAULTS[args.backbone]):
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     t0 = time.perf_counter()
-    backbone = real_size_backbone(args.backbone, args.device, args.dtype,
-                                  checkpoint_blocks=args.checkpoint_blocks, vae_dtype=args.vae_dtype)
+    if args.tiny:
+        from backbones.tiny import tiny
+
+        backbone = tiny(checkpoint_blocks=args.checkpoint_blocks).to(args.device)
+    else:
+        backbone = real_size_backbone(args.backbone, args.device, args.dtype,
+                                      checkpoint_blocks=args.checkpoint_blocks, vae_dtype=args.vae_dtype)
     if args.vae_checkpointing:
         backbone.vae.enable_gradient_checkpointing()
     built = time.perf_counter() - t0
@@ -134,7 +146,8 @@ def main() -> None:
     if args.backbone in DIT_CONFIGS:  # the shape the transformer gets, from the (cached) stand-in
         tokens, width = backbone.encode_prompts(["a dog riding a bike"]).shape[1:]
         stand_in = f"  text encoder: a stand-in ({tokens}x{width} embeddings), not in the numbers"
-    print(f"# {datetime.date.today()}  {name}  torch {torch.__version__}  {args.backbone}  "
+    label = f"tiny (in place of {args.backbone})" if args.tiny else args.backbone
+    print(f"# {datetime.date.today()}  {name}  torch {torch.__version__}  {label}  "
           f"{args.height}x{args.width}x{args.frames}  N={args.steps} K={args.k}  guidance "
           f"{args.guidance}  {args.dtype} (VAE {vae_dtype})  {decoded}"
           f"{'  VAE blocks checkpointed' if args.vae_checkpointing else ''}  LoRA params "
@@ -164,6 +177,9 @@ def main() -> None:
           f"   peak host memory (max RSS) {host_gib:.2f} GiB")
     share = f" = {achieved / peak_tflops:.1%} of {peak_tflops:.0f}" if peak_tflops else ""
     print(f"{flops / 1e12:.1f} TFLOP per step, {achieved:.1f} TFLOP/s achieved{share}")
+    rollout_vps = rollout_rate(backbone, args) if args.rollout_videos else None
+    if rollout_vps is not None:
+        print(f"GRPO rollout: {rollout_vps:.3f} videos/s ({args.rollout_videos} videos a batch, eta 1)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
@@ -171,7 +187,8 @@ def main() -> None:
             "built_seconds": built, "step_seconds": times, "sample_seconds": sampled,
             "peak_gpu_gib": peak_gib,
             "host_max_rss_gib": host_gib, "tflop_per_step": flops / 1e12,
-            "achieved_tflops": achieved, "peak_tflops": peak_tflops}, indent=2))
+            "achieved_tflops": achieved, "peak_tflops": peak_tflops,
+            "rollout_videos_per_second": rollout_vps, "tiny": args.tiny}, indent=2))
 
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (SXM parts).
@@ -189,6 +206,27 @@ def sample_only(backbone, args, seed: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def rollout_rate(backbone, args) -> float:
+    """Videos per second of GRPO's rollout (no gradients, every step recorded), after one untimed
+    batch; the best of `--repeat` batches."""
+    from vader.sampling.stochastic import rollout
+
+    device, n = backbone.device, args.rollout_videos
+    seeds = list(range(n))
+    noise = make_noise(backbone.latent_shape(n, args.frames, args.height, args.width), seeds, device)
+    times = []
+    for i in range(args.repeat + 1):
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            rollout(backbone, backbone.trainable_module(), ["a dog riding a bike"] * n, noise,
+                    num_inference_steps=args.steps, guidance_scale=args.guidance, eta=1.0, step_seeds=seeds)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    return n / min(times)
 
 
 def warm_up(backbone, reward, optimizer, args) -> float:
