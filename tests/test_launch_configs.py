@@ -52,11 +52,23 @@ def test_the_slurm_script_starts_one_launch_per_node(tmp_path):
         (bin_ / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
         (bin_ / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-c]", "SLURM_NNODES": "3"}
-    out = subprocess.run(["bash", str(ROOT / "configs" / "slurm" / "train.sbatch"), "reward_fn=aesthetic",
-                          "prompt_fn.nouns=[a cat, a dog]"], env=env, capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run(["bash", str(ROOT / "configs" / "slurm" / "train.sbatch"), "reward_fn=aesthetic",
+                           "prompt_fn.nouns=[a cat, a dog]"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     lines = out.strip().splitlines()
     assert len(lines) == 3
     for rank, line in enumerate(lines):
         assert line == ("<launch><--config_file><configs/accelerate/multi_node.yaml><--num_machines><3>"
                         f"<--num_processes><24><--machine_rank><{rank}><--main_process_ip><gpu-a>"
                         "<--main_process_port><29500><train.py><reward_fn=aesthetic><prompt_fn.nouns=[a cat, a dog]>")
+
+
+def test_sharding_engines_are_refused_until_their_checkpoints_are_built():
+    from vader.loop.settings import check_engine
+
+    for ok in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        check_engine(ok)
+    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        with pytest.raises(ValueError, match=f"launched this run with {engine.value}.*configs/accelerate/multi_gpu.yaml"):
+            check_engine(engine)

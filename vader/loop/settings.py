@@ -3,6 +3,7 @@ trainer and vader.build both call them, before anything is built)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -50,5 +51,21 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     # cpu=True when there is no GPU lets `accelerate launch --multi_gpu` run gloo processes on a
     # CPU, which is how the distributed tests run. Accumulation is the loop's own (an algorithm
     # says how many micro-batches an update has), so accelerate's counter stays at 1.
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                       **tracker_kwargs(cfg.logger, run_dir))
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              **tracker_kwargs(cfg.logger, run_dir))
+    check_engine(accelerator.distributed_type)
+    return accelerator
+
+
+# Under FSDP or DeepSpeed the bare module's LoRA tensors are shards,
+# so a checkpoint written from them would be wrong; refused until the gather is built and tested on
+# GPUs (docs/distributed.md).
+SHARDING_ENGINES = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+
+
+def check_engine(distributed_type: Any) -> None:
+    name = getattr(distributed_type, "value", str(distributed_type))
+    if name in SHARDING_ENGINES:
+        raise ValueError(f"accelerate launched this run with {name}, which the trainer does not support yet "
+                         "(its checkpoints would hold sharded LoRA tensors); use data parallel: "
+                         "configs/accelerate/multi_gpu.yaml or multi_node.yaml (docs/distributed.md)")
