@@ -7,7 +7,7 @@ can live on other GPUs, served by vLLM, SGLang or `python -m vader.serve_reward`
         reward_fn.model=CodeGoat24/UnifiedReward-qwen-7b
 
 Request and response shapes (`protocol`):
-- `vader`: one POST per batch, {"prompts": [...], "encoding": "...", "videos": [...]}, answered
+- `vader`: one POST per batch, {"prompts": [...], "encoding": "...", "size": [H, W], "videos": [...]}, answered
   {"rewards": [...], "info": {...}} (vader/serve_reward.py; videos as vader.io.wire encodes them).
 - `videoalign`: one POST per batch, {"prompts": [...], "videos": [<base64 mp4>, ...]}, answered
   {"rewards": [{"VQ": .., "MQ": .., "TA": .., "Overall": ..}, ...]}, the per-video dicts
@@ -58,7 +58,7 @@ class _Batch:
 
     def requests(self, frames: torch.Tensor, prompts: list[str]) -> list[dict]:
         r = self.r
-        return [{"prompts": [str(p) for p in prompts], "encoding": r.encoding,
+        return [{"prompts": [str(p) for p in prompts], "encoding": r.encoding, "size": list(frames.shape[-2:]),
                  "videos": [encode_video(v, r.encoding, r.fps) for v in frames]}]
 
     def scores(self, replies: list[Any], n: int) -> tuple[list[Any], dict[str, float]]:

@@ -82,6 +82,12 @@ def test_our_served_reward_scores_what_the_in_process_one_does(served):
     assert info["remote_retries"] == 0 and info["colorfulness_mean"] == pytest.approx(float(local.mean()), abs=1e-6)
     rounded, _ = RemoteReward(f"{url}/score")(FRAMES, PROMPTS)  # uint8, the default: a saved video's precision
     torch.testing.assert_close(rounded, local, rtol=0, atol=5e-3)
+    # mp4 (lossy, padded to 16-pixel blocks, cut back by the server) on frames a codec keeps well.
+    from tests.video_data import square_video
+
+    smooth = torch.stack([square_video(c, 4, 20) for c in ("red", "green", "blue")])
+    coded, _ = RemoteReward(f"{url}/score", encoding="mp4")(smooth, PROMPTS)
+    torch.testing.assert_close(coded, Colorfulness()(smooth, PROMPTS)[0], rtol=0.1, atol=0.02)
     with pytest.raises(RemoteRewardError, match="HTTP 400: .*2 videos for 3 prompts"):
         RemoteReward(f"{url}/score")._post({"prompts": PROMPTS, "videos": ["x", "y"]})
 

@@ -3,7 +3,7 @@
     python -m vader.serve_reward reward_fn=aesthetic --host 0.0.0.0 --port 8008
     python -m vader.serve_reward reward_fn=hps reward_fn.frames=4 --port 8009 --device cuda:1
 
-POST /score  {"prompts": [...], "encoding": "uint8", "videos": [...]}  (vader.io.wire encodings)
+POST /score  {"prompts": [...], "encoding": "uint8", "size": [H, W], "videos": [...]}  (vader.io.wire)
           -> {"rewards": [...], "info": {...}}; a bad request gets HTTP 400 with the reason.
 GET /health -> {"reward": <name>, "frames": ..., "device": ...}
 
@@ -51,7 +51,10 @@ def score(reward: Any, body: Any, device: torch.device) -> dict[str, Any]:
         raise ValueError(f"encoding {encoding!r}: choose one of {ENCODINGS}")
     if len(body["videos"]) != len(body["prompts"]) or not body["videos"]:
         raise ValueError(f"{len(body['videos'])} videos for {len(body['prompts'])} prompts")
-    videos = [decode_video(v, encoding) for v in body["videos"]]
+    size = body.get("size")  # an mp4's frames come back padded to whole 16-pixel blocks
+    if size is not None and (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) for v in size)):
+        raise ValueError(f"size {size!r}: expected [height, width]")
+    videos = [decode_video(v, encoding, tuple(size) if size else None) for v in body["videos"]]
     if len({tuple(v.shape) for v in videos}) != 1:
         raise ValueError(f"videos of different shapes {sorted({tuple(v.shape) for v in videos})}")
     with torch.no_grad():
