@@ -91,11 +91,11 @@ class SVDBackbone(PeftLora):
         self.spatial = 2 ** (len(vae.config.block_out_channels) - 1)
         self.processor = VideoProcessor(vae_scale_factor=self.spatial)
         # Each first frame gets a number, carried in the conditioning: image name -> number, and
-        # back to the path, or to the pixels for in-memory frames (a bounded few).
+        # back to the name (a path, or "pixels:<name>" for an in-memory frame, whose pixels are kept
+        # for a bounded few).
         self._images: dict[str, int] = {}
         self._keys: dict[int, str] = {}
         self._next = 0
-        self._paths: dict[int, str] = {}
         self._pixels: OrderedDict[int, torch.Tensor] = OrderedDict()
         self._latents: dict[tuple[int, int, int], torch.Tensor] = {}
         for module in (unet, vae, image_encoder):
@@ -127,34 +127,35 @@ class SVDBackbone(PeftLora):
     # --- conditioning ----------------------------------------------------------------------
     def _number(self, prompt: str) -> int:
         pixels = getattr(prompt, "pixels", None)
-        key = prompt.image if pixels is None else f"pixels:{prompt.image}"
-        if pixels is not None and key in self._images and not torch.equal(
-                self._pixels[self._images[key]], pixels.detach().float().cpu()):
-            del self._images[key]  # the name came back with other pixels: a new image, a new number
+        key = prompt.image
+        if pixels is not None:
+            key, pixels = f"pixels:{prompt.image}", pixels.detach().float().cpu()
+            if key in self._images and not torch.equal(self._pixels[self._images[key]], pixels):
+                del self._images[key]  # the name came back with other pixels: a new image, a new number
         if key not in self._images:
             number = self._images[key] = self._next  # never reused, so a stale number cannot alias
             self._next += 1
             self._keys[number] = key
-            if pixels is None:
-                self._paths[number] = prompt.image
-            else:
-                self._pixels[number] = pixels.detach().float().cpu()
+            if pixels is not None:
+                self._pixels[number] = pixels
         number = self._images[key]
         if number in self._pixels:
             self._pixels.move_to_end(number)
             while len(self._pixels) > PIXEL_IMAGES:  # a sample's frame is used within its step
                 old, _ = self._pixels.popitem(last=False)
-                del self._images[self._keys.pop(old)]
+                name = self._keys.pop(old)
+                if self._images.get(name) == old:  # not if the name now stands for newer pixels
+                    del self._images[name]
                 self._latents = {k: v for k, v in self._latents.items() if k[0] != old}
         return number
 
     def _pil(self, number: int):
         from PIL import Image
 
-        if number not in self._paths:
+        if number not in self._keys:
             raise KeyError(f"first frame {number} is no longer held (more than {PIXEL_IMAGES} in-memory frames "
                            "since it was encoded); encode its prompt again")
-        return Image.open(self._paths[number]).convert("RGB")
+        return Image.open(self._keys[number]).convert("RGB")
 
     def _source(self, number: int) -> torch.Tensor:
         """(1, 3, H, W) in [0, 1], the first frame of image `number` at its own size."""
@@ -280,8 +281,8 @@ def svd(pretrained: str = "stabilityai/stable-video-diffusion-img2vid-xt", revis
         unet_dtype: str = "bf16", vae_dtype: str = "fp32", image_encoder_dtype: str = "bf16", fps: int = 7,
         motion_bucket_id: int = 127, noise_aug_strength: float = 0.02, min_guidance_scale: float = 1.0,
         decode_chunk: int | None = None, train_noise_mean: float = 0.7, train_noise_std: float = 1.6,
-        lora_rank: int = 16, lora_alpha: float | None = None, lora_target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-        gradient_checkpointing: bool = True, checkpoint_blocks: bool = True) -> SVDBackbone:
+        lora_rank: int = 16, lora_alpha: float | None = None, lora_target_modules: list[str] | None = None,
+        lora_dropout: float = 0.0, gradient_checkpointing: bool = True, checkpoint_blocks: bool = True) -> SVDBackbone:
     """SVD from a hub id or a local folder in the diffusers layout (unet/, vae/, image_encoder/,
     feature_extractor/, scheduler/)."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -304,6 +305,6 @@ def svd(pretrained: str = "stabilityai/stable-video-diffusion-img2vid-xt", revis
         feature_extractor=load_part(CLIPImageProcessor, sources["feature_extractor"]),
         scheduler_config=load_scheduler_config(sources["scheduler"]), fps=fps, motion_bucket_id=motion_bucket_id,
         noise_aug_strength=noise_aug_strength, min_guidance_scale=min_guidance_scale, decode_chunk=decode_chunk,
-        train_noise_mean=train_noise_mean, train_noise_std=train_noise_std, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_target_modules=lora_target_modules,
-        lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing,
+        train_noise_mean=train_noise_mean, train_noise_std=train_noise_std, lora_rank=lora_rank,
+        lora_alpha=lora_alpha, lora_target_modules=lora_target_modules, lora_dropout=lora_dropout, gradient_checkpointing=gradient_checkpointing,
         checkpoint_blocks=checkpoint_blocks)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -65,8 +66,8 @@ def row(name: str, measured: dict | None, estimate: dict | None, status: int) ->
     if estimate:
         out["estimate_gib"] = estimate["weights_gib"] + estimate["lora_and_adam_gib"] + estimate["activations_gib"]
     if measured:
-        step = sorted(measured["step_seconds"])[len(measured["step_seconds"]) // 2]
-        sample = sorted(measured["sample_seconds"])[len(measured["sample_seconds"]) // 2]
+        # The medians real_size_step prints.
+        step, sample = statistics.median(measured["step_seconds"]), statistics.median(measured["sample_seconds"])
         out.update(device=measured["device"], peak_gpu_gib=measured["peak_gpu_gib"], step_seconds=step,
                    sample_seconds=sample, step_over_sample=step / sample, achieved_tflops=measured["achieved_tflops"],
                    share_of_peak=(measured["achieved_tflops"] / measured["peak_tflops"]

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from rewards import check_frames
+from vader.protocols import info_numbers
 from vader.io.wire import ENCODINGS, encode_video
 
 PROTOCOLS = ("vader", "videoalign", "openai")
@@ -61,12 +62,12 @@ class _Batch:
         return [{"prompts": [str(p) for p in prompts], "encoding": r.encoding, "size": list(frames.shape[-2:]),
                  "videos": [encode_video(v, r.encoding, r.fps) for v in frames]}]
 
-    def scores(self, replies: list[Any], n: int) -> tuple[list[Any], dict[str, float]]:
+    def scores(self, replies: list[Any]) -> tuple[list[Any], dict[str, float]]:
         reply = replies[0]
         if not isinstance(reply, dict) or not isinstance(reply.get("rewards"), list):
             raise self.r.garbage(f"expected an object with a list 'rewards', got {reply!r:.300}")
-        info = {k: v for k, v in (reply.get("info") or {}).items() if isinstance(v, (int, float))}
-        return reply["rewards"], info
+        info = reply.get("info")
+        return reply["rewards"], info_numbers(info) if isinstance(info, dict) else {}
 
 
 class _VideoAlign(_Batch):
@@ -74,8 +75,8 @@ class _VideoAlign(_Batch):
         return [{"prompts": [str(p) for p in prompts],
                  "videos": [encode_video(v, "mp4", self.r.fps) for v in frames]}]
 
-    def scores(self, replies: list[Any], n: int) -> tuple[list[Any], dict[str, float]]:
-        rows, _ = super().scores(replies, n)
+    def scores(self, replies: list[Any]) -> tuple[list[Any], dict[str, float]]:
+        rows, _ = super().scores(replies)
         key = self.r.score_key
         if not all(isinstance(row, dict) and key in row for row in rows):
             raise self.r.garbage(f"expected per-video objects with {key!r} (reward_fn.score_key), got {rows!r:.300}")
@@ -101,7 +102,7 @@ class _Chat:
                         "temperature": 0, "max_tokens": r.max_tokens})
         return out
 
-    def scores(self, replies: list[Any], n: int) -> tuple[list[Any], dict[str, float]]:
+    def scores(self, replies: list[Any]) -> tuple[list[Any], dict[str, float]]:
         values = []
         for reply in replies:
             try:
@@ -151,9 +152,9 @@ class RemoteReward:
 
     def __call__(self, frames: torch.Tensor, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
         check_frames(frames, prompts)
-        start, self._retried = time.perf_counter(), 0
-        replies = [self._post(body) for body in self.adapter.requests(frames, prompts)]
-        values, info = self.adapter.scores(replies, len(prompts))
+        start = time.perf_counter()
+        answers = [self._post(body) for body in self.adapter.requests(frames, prompts)]
+        values, info = self.adapter.scores([reply for reply, _ in answers])
         if len(values) != len(prompts):
             raise self.garbage(f"{len(values)} scores for {len(prompts)} videos")
         try:
@@ -162,10 +163,11 @@ class RemoteReward:
             raise self.garbage(f"scores {values!r:.300}") from None
         if not all(math.isfinite(s) for s in scores):
             raise self.garbage(f"non-finite scores {scores}")
-        numbers = {**info, "remote_seconds": time.perf_counter() - start, "remote_retries": float(self._retried)}
+        numbers = {**info, "remote_seconds": time.perf_counter() - start, "remote_retries": float(sum(retried for _, retried in answers))}
         return torch.tensor(scores, dtype=torch.float32, device=frames.device), numbers
 
-    def _post(self, body: dict) -> Any:
+    def _post(self, body: dict) -> tuple[Any, int]:
+        """The server's JSON answer to `body`, and how many retries it took."""
         data = json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -174,7 +176,6 @@ class RemoteReward:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-                self._retried += 1
             try:
                 with urllib.request.urlopen(urllib.request.Request(self.url, data, headers),
                                             timeout=self.timeout) as response:
@@ -185,11 +186,11 @@ class RemoteReward:
                     last = f"HTTP {err.code}: {detail}"
                     continue
                 raise RemoteRewardError(f"reward server {self.url} refused the request: HTTP {err.code}: {detail}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            except OSError as err:  # refused, reset, unreachable, timed out (URLError is one too)
                 last = str(getattr(err, "reason", err)) or type(err).__name__
                 continue
             try:
-                return json.loads(text)
+                return json.loads(text), attempt
             except json.JSONDecodeError:
                 raise self.garbage(f"not JSON: {text!r:.300}") from None
         raise RemoteRewardError(f"reward server {self.url} gave no answer after {self.retries + 1} tries "

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 ARGS = ["num_steps=3", "checkpoint_every=3", "backprop_mode=rand"]
 
@@ -75,14 +75,6 @@ def assert_ranks_match_one(two, one, share: float = 1e-3,
     assert (diff > 1e-4).float().mean() < share, f"{int((diff > 1e-4).sum())} of {diff.numel()}"
     assert most is None or diff.max() < most, f"{float(diff.max()):.2e}"
     return rank0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

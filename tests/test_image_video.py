@@ -153,6 +153,10 @@ def test_in_memory_first_frames_are_numbered_once_and_dropped_oldest_first(folde
     renamed = backbone.encode_prompts([ImagePrompt("", "sample 2", prompts[0].pixels)])
     assert int(renamed[0, -1]) == 3
     torch.testing.assert_close(renamed[0, :-1], conds[0][0, :-1])
+    # Dropping the older frame of that name (number 2) keeps the name's newer one (number 3).
+    backbone.encode_prompts([ImagePrompt("", "sample 4", prompts[1].pixels)])
+    again = backbone.encode_prompts([ImagePrompt("", "sample 2", prompts[0].pixels)])
+    assert int(again[0, -1]) == 3
 
 
 @pytest.fixture(scope="module")

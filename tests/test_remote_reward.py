@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +17,10 @@ import torch
 
 from rewards.colorfulness import Colorfulness
 from rewards.remote import RemoteReward, RemoteRewardError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 FRAMES = torch.rand(3, 4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 PROMPTS = ["a red car", "a cat", "a boat"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from vader.io.wire import ENCODINGS, decode_video
+from vader.protocols import info_numbers
 
 
 def load_reward(overrides: list[str]) -> tuple[str, Any]:
@@ -59,8 +60,7 @@ def score(reward: Any, body: Any, device: torch.device) -> dict[str, Any]:
         raise ValueError(f"videos of different shapes {sorted({tuple(v.shape) for v in videos})}")
     with torch.no_grad():
         values, info = reward(torch.stack(videos).to(device), [str(p) for p in body["prompts"]])
-    numbers = {k: float(v) for k, v in info.items()
-               if isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)}
+    numbers = {k: float(v) for k, v in info_numbers(info).items()}
     return {"rewards": values.detach().float().cpu().tolist(), "info": numbers}
 
 
@@ -105,10 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     name, reward = load_reward(args.overrides)
+    # The frames go to the serving device; the reward moves its models to them, as in training.
     device = torch.device(args.device)
-    for module in vars(reward).values():  # the reward's models, on the serving device
-        if isinstance(module, torch.nn.Module):
-            module.to(device)
     server = make_server(reward, name, args.host, args.port, device)
     print(f"serve_reward: {name} on http://{args.host}:{server.server_address[1]}/score", flush=True)
     try:

@@ -30,7 +30,7 @@ from vader.algorithms.denoising import data_plan, denoising_errors, draws, noise
 from vader.algorithms.losses import diffusion_dpo_logit, diffusion_dpo_loss, implicit_accuracy
 from vader.data.loader import Sample
 from vader.data.order import prompt_at
-from vader.data.stream import frame_rule, training_data
+from vader.data.stream import TrainingData, frame_rule, training_data
 from vader.evaluation.evaluate import lora_disabled, set_lora_dropout
 from vader.frames import frames_to_decode, score
 from vader.protocols import Backbone, ItemLoss, Plan, Reward, Run
@@ -167,7 +167,7 @@ class DPO:
         positions = [s.position for s in samples]
         t, _ = draws(positions, cfg.seed, self.timestep)
         noise = noise_for(tuple(chosen.shape), positions, cfg.seed, chosen.device)
-        cond = self.embed([self.stream.prompt(s) if self.stream else s.text for s in samples])
+        cond = self.embed([TrainingData.prompt(s) for s in samples])  # online pairs: their text
         # Chosen and rejected in one call: the same noise, timestep and prompt for both halves.
         both = (torch.cat([chosen, rejected]), torch.cat([noise, noise]), torch.cat([t, t]),
                 torch.cat([cond, cond]))

@@ -57,9 +57,8 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     return accelerator
 
 
-# Under FSDP or DeepSpeed the bare module's LoRA tensors are shards,
-# so a checkpoint written from them would be wrong; refused until the gather is built and tested on
-# GPUs (docs/distributed.md).
+# Under FSDP or DeepSpeed the bare module's LoRA tensors are shards, so a checkpoint written from
+# them would be wrong; refused until the gather is built and tested on GPUs (docs/distributed.md).
 SHARDING_ENGINES = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
 
 

@@ -6,9 +6,10 @@ changed since, finds the same step.
 A step kernel turns the model's output at `x_t` into the Gaussian `x_{t-1} ~ N(mean, std²)`.
 `DDIMStep` is DDIM with eta > 0 (Song et al. 2021, eq. 12, as diffusers' `DDIMScheduler.step`
 computes it); a flow-matching SDE step (Flow-GRPO, DanceGRPO) and EDM's ancestral Euler step (SVD)
-plug in beside it by offering the same methods, and `step_kernel` picks the kernel for a scheduler. Diffusers' schedulers
-return only the sample, not its mean and standard deviation, so the Gaussian is ours; a test
-checks that it draws exactly the sample `DDIMScheduler.step` draws from the same noise.
+plug in beside it by offering the same methods, and `step_kernel` picks the kernel for a
+scheduler. Diffusers' schedulers return only the sample, not its mean and standard deviation, so
+the Gaussian is ours; a test checks that it draws exactly the sample `DDIMScheduler.step` draws
+from the same noise.
 
 Log-probabilities are averaged over the latent dimensions, not summed, as every working
 implementation does (DDPO's `ddim_with_logprob`, Flow-GRPO, DanceGRPO): a sum over a video
@@ -189,11 +190,11 @@ class EulerAncestralStep:
         self.timesteps = scheduler.timesteps.float().cpu()    # (n,)
 
     def model_input(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        sigma = _per_video(_step_sigmas(self.timesteps, self.sigmas, t.reshape(-1))[0], x).to(x.dtype)
+        sigma = _per_video(_step_sigmas(self.timesteps, self.sigmas, t)[0], x).to(x.dtype)
         return x / (sigma ** 2 + 1) ** 0.5
 
     def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sigma, sigma_next = _step_sigmas(self.timesteps, self.sigmas, t.reshape(-1))
+        sigma, sigma_next = _step_sigmas(self.timesteps, self.sigmas, t)
         up = torch.minimum(sigma_next, self.eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2)
                                                    / sigma ** 2).clamp(min=0) ** 0.5)
         return sigma, up, (sigma_next ** 2 - up ** 2).clamp(min=0) ** 0.5
