@@ -4,14 +4,17 @@ through the library and writes each rank's final LoRA weights (a test-only outpu
 itself writes from the main process only)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import accelerate.utils
 from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
 
 from tests.conftest import compose_cfg
 from vader.build import build_trainer
+from vader.loop import sharding
 
 
 def main(out: str, *overrides: str) -> None:
@@ -21,7 +24,11 @@ def main(out: str, *overrides: str) -> None:
     trainer.setup()
     trainer.train()
     rank = trainer.accelerator.process_index
-    save_file(trainer.backbone.lora_state_dict(), Path(out) / f"lora_rank{rank}.safetensors")
+    sharded = any(isinstance(p, DTensor) for p in trainer.params)  # FSDP2 keeps shards here
+    (Path(out) / f"engine_rank{rank}.json").write_text(json.dumps(
+        {"distributed_type": str(trainer.accelerator.distributed_type.value), "sharded": sharded}))
+    if not sharding.lockstep(trainer.accelerator):  # FSDP's shards: its checkpoint holds them whole
+        save_file(trainer.backbone.lora_state_dict(), Path(out) / f"lora_rank{rank}.safetensors")
     advantages = getattr(trainer.algorithm, "all_advantages", None)  # GRPO's, of its last step
     if advantages is not None:
         save_file({"advantages": advantages.cpu()}, Path(out) / f"advantages_rank{rank}.safetensors")

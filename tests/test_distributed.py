@@ -69,12 +69,20 @@ def assert_ranks_match_one(two, one, share: float = 1e-3,
     # of lr (1e-2 here), and which elements do so shifts with any change to the float ops. So:
     # nearly every element within 1% of one step, none beyond 20% of one. Training each rank on
     # its own sample instead moves most elements by whole steps.
-    diff = torch.cat([(rank0[k] - single[k]).abs().flatten() for k in rank0])
-    moved = torch.cat([single[k].abs().flatten() for k in single])
+    assert_float_order_noise(rank0, single, share, most)
+    return rank0
+
+
+def assert_float_order_noise(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                             share: float = 1e-3, most: float | None = 2e-3) -> None:
+    """Two trained LoRAs differ by no more than float-order noise (above): at most `share` of
+    the elements more than 1e-4 apart, none more than `most` (unless None)."""
+    assert a.keys() == b.keys()
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    moved = torch.cat([b[k].abs().flatten() for k in b])
     assert moved.max() > 1e-3  # it trained
     assert (diff > 1e-4).float().mean() < share, f"{int((diff > 1e-4).sum())} of {diff.numel()}"
     assert most is None or diff.max() < most, f"{float(diff.max()):.2e}"
-    return rank0
 
 
 @pytest.mark.slow

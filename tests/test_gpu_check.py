@@ -12,7 +12,12 @@ from benchmarks.gpu_check import main
 def test_the_rehearsal_writes_the_json_and_the_table(tmp_path):
     assert main(["--tiny", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
-    (row,) = report["rows"]
+    fsdp, row = report["rows"]
+    # The FSDP check's two runs finished, the second resumed from the first's checkpoint; on a
+    # CPU accelerate cannot run FSDP, and the row says so rather than "ok".
+    assert fsdp["setting"] == "fsdp_resume" and fsdp["status"] == "not FSDP (no GPU)" and fsdp["engine"] is None
+    assert "resumed from" in (tmp_path / "fsdp_resume.log").read_text()
+    assert (tmp_path / "fsdp_resumed" / "checkpoints" / "step_000003").is_dir()
     assert report["tiny"] and row["status"] == "ok" and row["device"] == "cpu"
     measured = json.loads((tmp_path / "tiny.json").read_text())
     assert row["step_seconds"] in measured["step_seconds"] and row["sample_seconds"] in measured["sample_seconds"]
@@ -21,9 +26,11 @@ def test_the_rehearsal_writes_the_json_and_the_table(tmp_path):
     assert 3 < row["estimate_gib"] < 5  # ModelScope's bf16 weights (3.4 GiB) and a small step
     table = (tmp_path / "gpu_check.md").read_text()
     assert "| tiny | ok | – | " in table and "GRPO rollout videos/s" in table
+    assert "FSDP2 on one process, two steps then resumed without it: not FSDP (no GPU)" in table
 
 
 def test_a_setting_out_of_time_is_reported_without_numbers(tmp_path):
     assert main(["--tiny", "--out", str(tmp_path), "--budget", "0.5"]) == 1
-    (row,) = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    fsdp, row = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
+    assert fsdp["status"] == "out of time" and fsdp["engine"] is None
     assert row["status"] == "out of time" and "step_seconds" not in row and "estimate_gib" not in row

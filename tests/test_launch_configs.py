@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
+
+from types import SimpleNamespace
 
 import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
+from torch import nn
 
 from tests.conftest import ROOT
 
@@ -19,7 +21,7 @@ CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 
 
 def test_the_configs_are_the_ones_documented():
-    assert [p.stem for p in CONFIGS] == ["cpu_ddp", "multi_gpu", "multi_node", "single_gpu"]
+    assert [p.stem for p in CONFIGS] == ["cpu_ddp", "fsdp", "multi_gpu", "multi_node", "single_gpu"]
     docs = (ROOT / "docs" / "distributed.md").read_text()
     assert all(f"configs/accelerate/{p.name}" in docs for p in CONFIGS)
 
@@ -33,6 +35,10 @@ def test_each_config_loads_with_what_its_launch_needs(path):
     assert cfg.num_processes >= cfg.num_machines >= 1 and cfg.num_processes % cfg.num_machines == 0
     if cfg.num_processes == 1:
         assert cfg.distributed_type == DistributedType.NO
+    elif path.stem == "fsdp":  # FSDP2, its groups named by the trainer (vader.loop.sharding.name_blocks)
+        assert cfg.distributed_type == DistributedType.FSDP
+        assert cfg.fsdp_config["fsdp_version"] == 2 and "fsdp_transformer_layer_cls_to_wrap" not in cfg.fsdp_config
+        assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     else:
         assert cfg.distributed_type == DistributedType.MULTI_GPU
     if cfg.num_machines > 1:
@@ -64,11 +70,34 @@ def test_the_slurm_script_starts_one_launch_per_node(tmp_path):
                         "<--main_process_port><29500><train.py><reward_fn=aesthetic><prompt_fn.nouns=[a cat, a dog]>")
 
 
-def test_sharding_engines_are_refused_until_their_checkpoints_are_built():
+def test_engines_the_loop_cannot_checkpoint_are_refused_at_the_start():
     from vader.loop.settings import check_engine
 
     for ok in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
         check_engine(ok)
-    for engine in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        with pytest.raises(ValueError, match=f"launched this run with {engine.value}.*configs/accelerate/multi_gpu.yaml"):
+    check_engine(DistributedType.FSDP, SimpleNamespace(fsdp_version=2))
+    with pytest.raises(ValueError, match="FSDP version 1.*fsdp_version: 2"):
+        check_engine(DistributedType.FSDP, SimpleNamespace(fsdp_version=1))
+    for engine in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        with pytest.raises(ValueError, match=f"launched this run with {engine.value}.*configs/accelerate/fsdp.yaml"):
             check_engine(engine)
+
+
+@pytest.mark.parametrize("backbone", ["modelscope", "animatediff", "svd", "wan", "cogvideox_5b"])
+def test_fsdp_shards_every_denoiser_block_by_block(backbone):
+    """The shard groups the trainer names for FSDP (vader.loop.sharding.block_classes), on each
+    denoiser built at its published size on the meta device: each a module with its own forward
+    (fully_shard refuses a ModuleList), and together they hold nearly all the weights, so a
+    forward pass gathers one block at a time."""
+    from backbones.sizes import denoiser, real_size_parts
+    from vader.loop.sharding import block_classes
+
+    model = denoiser(real_size_parts(backbone))
+    names = block_classes(model)
+    groups = [m for m in model.modules() if type(m).__name__ in names]
+    assert groups and not any(isinstance(m, nn.ModuleList) for m in groups)
+    inside = {id(p) for m in groups for p in m.parameters()}
+    total = list(model.parameters())
+    assert sum(p.numel() for p in total if id(p) in inside) > 0.9 * sum(p.numel() for p in total)
+    largest = max(sum(p.numel() for p in m.parameters()) for m in groups)
+    assert largest < 0.5 * sum(p.numel() for p in total)  # no group is most of the model

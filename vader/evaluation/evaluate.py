@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from vader.evaluation import stats as eval_stats
 from vader.io.files import atomic_write_text
+from vader.loop.sharding import lockstep
 from vader.frames import score, select_frames
 from vader.protocols import Backbone, Reward
 from vader.sampling.differentiable import sample
@@ -193,10 +194,13 @@ def evaluate(backbone: Backbone, model: nn.Module, rewards: dict[str, Reward], p
                disable=not accelerator.is_main_process, dynamic_ncols=True)
     for r in range(rounds):
         chunk = mine[r * batch_size:(r + 1) * batch_size]
+        # Under FSDP every forward pass gathers weights from all processes, so one with no video
+        # left this round still makes one (the first item's), and records nothing of it.
+        work = chunk or (items[:1] if lockstep(accelerator) else [])
         local = []
-        for model_name in models if chunk else ():
+        for model_name in models if work else ():
             ctx = lora_disabled(model) if model_name == "base" else nullcontext()
-            batch_prompts, batch_seeds = [c[1] for c in chunk], [c[2] for c in chunk]
+            batch_prompts, batch_seeds = [c[1] for c in work], [c[2] for c in work]
             with ctx:
                 frames = _generate(backbone, model, batch_prompts, batch_seeds, spec, accelerator)
             scores = _score(rewards, frames, batch_prompts, batch_seeds, accelerator)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 class Interrupted(SystemExit):
@@ -102,6 +103,17 @@ class NonFiniteGuard:
     def load_state_dict(self, state: dict[str, int]) -> None:
         for key in ("in_a_row", "total", "overflows"):
             setattr(self, key, int(state.get(key, 0)))
+
+
+def clipped_norm(accelerator: Any, params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """The gradients' total norm over every process, clipped to `max_norm` when it is positive.
+    Under FSDP the gradients are shards and so is the norm torch computes; it is gathered whole."""
+    if max_norm > 0:
+        norm = accelerator.clip_grad_norm_(params, max_norm)
+    else:
+        accelerator.unscale_gradients()  # fp16: the true norm, and the scaler's inf check
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
 def update(accelerator: Any, optimizer: Any, non_finite: torch.Tensor,

@@ -53,18 +53,23 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     # says how many micro-batches an update has), so accelerate's counter stays at 1.
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               **tracker_kwargs(cfg.logger, run_dir))
-    check_engine(accelerator.distributed_type)
+    check_engine(accelerator.distributed_type, getattr(accelerator.state, "fsdp_plugin", None))
     return accelerator
 
 
-# Under FSDP or DeepSpeed the bare module's LoRA tensors are shards, so a checkpoint written from
-# them would be wrong; refused until the gather is built and tested on GPUs (docs/distributed.md).
-SHARDING_ENGINES = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+# DeepSpeed owns the optimizer step and its checkpoints, and FSDP1 flattens parameters, so the
+# loop's skipped updates and whole-tensor checkpoints (vader/loop/sharding.py) do not hold there.
+UNSUPPORTED_ENGINES = ("DEEPSPEED", "MEGATRON_LM")
 
 
-def check_engine(distributed_type: Any) -> None:
+def check_engine(distributed_type: Any, fsdp_plugin: Any = None) -> None:
     name = getattr(distributed_type, "value", str(distributed_type))
-    if name in SHARDING_ENGINES:
-        raise ValueError(f"accelerate launched this run with {name}, which the trainer does not support yet "
-                         "(its checkpoints would hold sharded LoRA tensors); use data parallel: "
-                         "configs/accelerate/multi_gpu.yaml or multi_node.yaml (docs/distributed.md)")
+    if name in UNSUPPORTED_ENGINES:
+        raise ValueError(f"accelerate launched this run with {name}, which the trainer does not support "
+                         "(it would own the optimizer step and write its own checkpoints); use "
+                         "configs/accelerate/fsdp.yaml to shard the frozen weights, or data parallel: "
+                         "multi_gpu.yaml or multi_node.yaml (docs/distributed.md)")
+    if name == "FSDP" and getattr(fsdp_plugin, "fsdp_version", 2) != 2:
+        raise ValueError("accelerate launched this run with FSDP version 1, whose flattened parameters "
+                         "the trainer does not checkpoint; set fsdp_version: 2 in the config file "
+                         "(configs/accelerate/fsdp.yaml does)")

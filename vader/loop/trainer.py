@@ -27,8 +27,10 @@ from vader.evaluation.evaluate import (Embedder, VideoSpec, base_videos, evaluat
 from vader.evaluation.stats import pixel_embedding
 from vader.frames import check_frames, frames_to_decode
 from vader.loop import checkpoint as ckpt
+from vader.loop import sharding
 from vader.loop.curriculum import Curriculum, gate_values
-from vader.loop.guards import Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, update
+from vader.loop.guards import (Interrupted, NonFiniteGuard, StopSignals, check_lora_fits, clipped_norm,
+                               update)
 from vader.loop.settings import check_settings, make_accelerator
 from vader.loop.tracking import MetricsLog, plot_metrics, plot_rewards
 from vader.protocols import Algorithm, Backbone, Reward, Run
@@ -102,7 +104,12 @@ class Trainer:
             self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         # Algorithms call the module accelerate returns (DDP when several processes run), so
         # gradients are averaged across processes; calling the bare module would train N LoRAs.
+        sharding.name_blocks(acc, module)
         self.model, self.optimizer = acc.prepare(module, self.optimizer)
+        # FSDP replaces the parameters with sharded ones; the optimizer holds the current ones.
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if (engine := sharding.describe(acc)) is not None:
+            acc.print(engine)
         if not cfg.only_val:
             self.algorithm.setup(Run(cfg, self.backbone, self.reward, list(self.prompts.train),
                                      acc, self.model, data=self.data, run_dir=self.run_dir))
@@ -125,12 +132,13 @@ class Trainer:
         file = ckpt.resolve_lora_path(path)
         check_lora_fits(ckpt.read_lora_metadata(file), self.backbone.lora_metadata(),
                         self.backbone.name, file)
-        self.backbone.load_lora_state_dict(ckpt.load_lora(file))
+        current = self.backbone.lora_state_dict()  # sharded under FSDP: the file is cut alike
+        self.backbone.load_lora_state_dict(sharding.shard_like(ckpt.load_lora(file), current))
 
     def _resume(self, folder: Path) -> None:
         state = ckpt.load_training_state(folder)  # first: an unreadable state loads nothing
         self._load_lora(folder)
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(sharding.shard_optimizer_state(state["optimizer"], self.params))
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         torch.set_rng_state(state["torch_rng"])
         self.nonfinite.load_state_dict(state.get("nonfinite", {}))  # absent from older checkpoints
@@ -204,25 +212,25 @@ class Trainer:
         # Non-finite losses seen in this update, counted on the device so the check costs no
         # synchronisation until the one all-reduce that decides the update.
         non_finite = torch.zeros((), device=acc.device)
-        for i, item in enumerate(items):
-            # Processes may hold different numbers of micro-batches (an algorithm that drops
-            # samples); each synchronises gradients once, on its last.
-            last = i == len(items) - 1
-            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+        # Processes may hold different numbers of micro-batches (an algorithm that drops
+        # samples); each synchronises gradients once, on its last. Under FSDP every forward pass
+        # gathers weights from all processes, so each repeats its last micro-batch, weightless,
+        # up to the largest count.
+        passes = sharding.largest_count(acc, len(items))
+        for i in range(passes):
+            item, pad = items[min(i, len(items) - 1)], i >= len(items)
+            with contextlib.nullcontext() if i == passes - 1 else acc.no_sync(self.model):
                 with acc.autocast():
                     result = self.algorithm.loss(item)
-                acc.backward(result.loss)
+                acc.backward(result.loss * 0 if pad else result.loss)
+            if pad:
+                continue
             non_finite += (~torch.isfinite(result.loss.detach())).float()
             weight += result.weight
             for k, v in result.numbers.items():
                 v = torch.as_tensor(v, device=acc.device).detach().float().reshape(())
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + result.weight * v
-        if cfg.max_grad_norm > 0:
-            norm = acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        else:
-            acc.unscale_gradients()  # fp16: the true norm, and the scaler's inf check
-            norm = torch.norm(torch.stack([p.grad.norm() for p in self.params
-                                           if p.grad is not None]))
+        norm = clipped_norm(acc, self.params, cfg.max_grad_norm)
         # Clipping has scaled NaN gradients by NaN; a skipped update discards them.
         skipped = update(acc, self.optimizer, non_finite, norm)
         self.optimizer.zero_grad(set_to_none=True)
@@ -307,9 +315,12 @@ class Trainer:
         """Write a resumable checkpoint (main process). A write that fails (a full disk) stops
         every process with the main one's message; earlier checkpoints stay as they were."""
         acc = self.accelerator
+        # Whole tensors, gathered on every process under FSDP: the same files on every engine.
+        lora = sharding.whole(self.backbone.lora_state_dict())
+        optimizer = sharding.whole_optimizer_state(self.optimizer)
 
         def write() -> Path:
-            state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
+            state = {"step": self.step, "optimizer": optimizer,
                      "lr_schedule": self.lr_schedule.state_dict(), "seed": self.cfg.seed,
                      "torch_rng": torch.get_rng_state(), "nonfinite": self.nonfinite.state_dict()}
             if hasattr(self.algorithm, "state_dict"):
@@ -320,8 +331,7 @@ class Trainer:
                 state["reward"] = self.reward.training_state()
             if acc.scaler is not None:  # fp16: the loss scale it has found, and its growth count
                 state["scaler"] = acc.scaler.state_dict()
-            return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step,
-                                        self.backbone.lora_state_dict(), state,
+            return ckpt.save_checkpoint(self.run_dir / "checkpoints", self.step, lora, state,
                                         self.backbone.lora_metadata(),
                                         keep=self.cfg.keep_checkpoints, backbone=self.backbone.name)
 
