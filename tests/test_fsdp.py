@@ -1,8 +1,9 @@
 """Issue 21, items 1 and 3: FSDP2 (configs/accelerate/fsdp.yaml) through accelerate's own FSDP
 code on two gloo CPU processes (tests/fsdp_worker.py lifts accelerate's GPU-only gate and nothing
 else). It trains the LoRA DDP trains on the same global batch; its checkpoints are the same files
-(whole LoRA and optimizer tensors, today's format); and a checkpoint resumes across engines, DDP's
-under FSDP and FSDP's under DDP, each ending where an uninterrupted DDP run ends."""
+(whole LoRA and optimizer tensors, today's format); a checkpoint resumes across engines, DDP's
+under FSDP and FSDP's under DDP, each ending where an uninterrupted DDP run ends; processes with
+uneven work stay in step; and GRPO's paths train as under DDP."""
 from __future__ import annotations
 
 import csv
@@ -44,7 +45,7 @@ def launch(engine: str, out, *overrides: str, timeout: int = 900) -> None:
     except subprocess.TimeoutExpired:
         proc.terminate()
         try:
-            proc.communicate(timeout=300)
+            proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"{engine} run still going after {timeout} s: processes out of step?")
