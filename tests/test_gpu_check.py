@@ -15,7 +15,8 @@ def test_the_rehearsal_writes_the_json_and_the_table(tmp_path):
     fsdp, row = report["rows"]
     # The FSDP check's two runs finished, the second resumed from the first's checkpoint; on a
     # CPU accelerate cannot run FSDP, and the row says so rather than "ok".
-    assert fsdp["setting"] == "fsdp_resume" and fsdp["status"] == "not FSDP (no GPU)" and fsdp["engine"] is None
+    assert fsdp["setting"] == "fsdp_resume" and fsdp["status"] == "not FSDP (no GPU)"
+    assert fsdp["engine"].startswith("engine: 1 process(es), not FSDP: accelerate runs FSDP only on GPUs")
     assert "resumed from" in (tmp_path / "fsdp_resume.log").read_text()
     assert (tmp_path / "fsdp_resumed" / "checkpoints" / "step_000003").is_dir()
     assert report["tiny"] and row["status"] == "ok" and row["device"] == "cpu"

@@ -19,6 +19,7 @@ written before would no longer load; these few lines keep today's format.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -112,4 +113,7 @@ def describe(accelerator: Any) -> str | None:
     if lockstep(accelerator):
         groups = accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap or ["accelerate's own"]
         return f"engine: FSDP2 over {n} process(es), shard groups {', '.join(groups)}"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":  # asked for, and not given
+        return (f"engine: {'data parallel over ' if n > 1 else ''}{n} process(es), not FSDP: accelerate runs "
+                "FSDP only on GPUs (or other accelerators)")
     return f"engine: data parallel over {n} processes" if n > 1 else None
