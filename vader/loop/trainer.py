@@ -132,7 +132,9 @@ class Trainer:
         file = ckpt.resolve_lora_path(path)
         check_lora_fits(ckpt.read_lora_metadata(file), self.backbone.lora_metadata(),
                         self.backbone.name, file)
-        current = self.backbone.lora_state_dict()  # sharded under FSDP: the file is cut alike
+        # Under FSDP the file's whole tensors are cut like the current shards. peft 0.21 with
+        # transformers 5 does that itself (its tensor-parallel path); requirements allow older peft.
+        current = self.backbone.lora_state_dict()
         self.backbone.load_lora_state_dict(sharding.shard_like(ckpt.load_lora(file), current))
 
     def _resume(self, folder: Path) -> None:
